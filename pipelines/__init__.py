@@ -1,0 +1,1 @@
+"""imagerec core: image intake, models, the log. No UI here."""

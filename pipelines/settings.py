@@ -1,0 +1,144 @@
+"""Every setting, declared once; read from env and CLI only at the entry points."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DB = ROOT / "data" / "imagerec.duckdb"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name, default, type, help, env variable and optional CLI flag."""
+
+    name: str
+    default: Any
+    help: str
+    type: Callable[[str], Any] = str
+    cli: bool = False
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def env(self) -> str:
+        return "IMAGEREC_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("classifier", "google/vit-base-patch16-224",
+            "Image-classification model: a Hugging Face id or a local folder.", cli=True),
+    Setting("classifier_revision", "",
+            "Hub revision of the classifier; empty means the pinned revision for a default model, else main."),
+    Setting("captioner", "Salesforce/blip-image-captioning-base",
+            "BLIP captioning model: a Hugging Face id or a local folder.", cli=True),
+    Setting("captioner_revision", "",
+            "Hub revision of the captioner; empty means the pinned revision for a default model, else main."),
+    Setting("device", "auto", "Where the models run: auto, cpu or cuda.", cli=True,
+            choices=("auto", "cpu", "cuda")),
+    Setting("threads", 0, "Torch intra-op threads; 0 means one per CPU core.", type=int),
+    Setting("caption_max_tokens", 30, "Most new tokens a caption may have.", type=int),
+    Setting("top_k", 5, "How many labels the classifier returns.", type=int),
+    Setting("db", str(DEFAULT_DB), "Path of the DuckDB log file.", cli=True),
+    Setting("max_upload_mb", 20.0, "Largest upload accepted, in megabytes.", type=float),
+    Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (checked before decoding).", type=int),
+    Setting("min_side", 16, "Smallest width or height accepted, in pixels.", type=int),
+    Setting("cache_size", 256, "How many recent images' model outputs are kept in memory.", type=int),
+    Setting("host", "127.0.0.1", "Address the demo listens on (0.0.0.0 on a Hugging Face Space).", cli=True),
+    Setting("port", 7860, "Port the demo listens on.", type=int, cli=True),
+    Setting("concurrency", 1, "Predictions run at once; more only oversubscribes a small CPU.", type=int),
+    Setting("queue_size", 32, "Requests that may wait in the queue before new ones are refused as busy.", type=int),
+    Setting("flush_interval", 0.25, "Seconds between moves of logged events from the journal into DuckDB.",
+            type=float),
+    Setting("fsync", True, "Force each logged event to disk before it is acknowledged.", type=_bool),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved values of every setting."""
+
+    classifier: str
+    classifier_revision: str
+    captioner: str
+    captioner_revision: str
+    device: str
+    threads: int
+    caption_max_tokens: int
+    top_k: int
+    db: str
+    max_upload_mb: float
+    max_pixels: int
+    min_side: int
+    cache_size: int
+    host: str
+    port: int
+    concurrency: int
+    queue_size: int
+    flush_interval: float
+    fsync: bool
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> "Settings":
+        values = {s.name: s.default for s in SETTINGS}
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)
+
+
+def _convert(setting: Setting, raw: str) -> Any:
+    try:
+        value = setting.type(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{setting.env}: {exc}") from None
+    if setting.choices and value not in setting.choices:
+        raise SystemExit(f"{setting.env} must be one of {', '.join(setting.choices)}, got {value!r}")
+    return value
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from IMAGEREC_* variables over the defaults (a Space listens on all interfaces)."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for s in SETTINGS:
+        values[s.name] = _convert(s, environ[s.env]) if s.env in environ else s.default
+    if "SPACE_ID" in environ and BY_NAME["host"].env not in environ:
+        values["host"] = "0.0.0.0"
+    return Settings(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """Add the CLI flags of the settings marked cli (or of those named)."""
+    for s in SETTINGS:
+        if (names is None and s.cli) or (names is not None and s.name in names):
+            parser.add_argument(s.flag, dest=s.name, default=None, type=s.type, choices=s.choices,
+                                help=f"{s.help} (env {s.env}, default {s.default!r})")
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """CLI flags over env over defaults."""
+    settings = from_env(environ)
+    given = {k: v for k, v in vars(args).items() if k in BY_NAME and v is not None}
+    return settings.replace(**given)
