@@ -66,6 +66,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queue_size", 32, "Requests that may wait in the queue before new ones are refused as busy.", type=int),
     Setting("flush_interval", 0.25, "Seconds between moves of logged events from the journal into DuckDB.",
             type=float),
+    Setting("refresh_seconds", 5.0, "How often the dashboard re-reads the log; 0 turns it off.", type=float),
+    Setting("dashboard_password", "", "Password for the dashboard; empty leaves it open.", ),
     Setting("fsync", True, "Force each logged event to disk before it is acknowledged.", type=_bool),
 )
 
@@ -94,6 +96,8 @@ class Settings:
     concurrency: int
     queue_size: int
     flush_interval: float
+    refresh_seconds: float
+    dashboard_password: str
     fsync: bool
 
     @classmethod

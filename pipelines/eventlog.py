@@ -1,0 +1,400 @@
+"""The DuckDB log of predictions and feedback: the one module that owns the database.
+
+DuckDB lets one process open a file read-write or several open it read-only, never both. So the
+writer never keeps the database open: each event is appended to a journal file beside it (and
+acknowledged once it is there), and a background thread moves journal events into DuckDB in short
+transactions. Readers open the file read-only for the length of a query. A reader never makes a
+request wait, a writer never holds the file for long, and events survive a SIGKILL in the journal
+until the next writer replays them (ids make the replay idempotent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Each migration: (version, description, statements). Never edit one that has shipped; add a new one.
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (1, "predictions and feedback", (
+        """CREATE TABLE predictions (
+            id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL,          -- UTC
+            image_sha256 VARCHAR NOT NULL,
+            width INTEGER,
+            height INTEGER,
+            classifier VARCHAR,
+            classifier_revision VARCHAR,
+            captioner VARCHAR,
+            captioner_revision VARCHAR,
+            labels VARCHAR[],
+            scores DOUBLE[],
+            top1_label VARCHAR,
+            top1_score DOUBLE,
+            caption VARCHAR,
+            prompt VARCHAR,
+            intake_ms DOUBLE,
+            classify_ms DOUBLE,
+            caption_ms DOUBLE,
+            total_ms DOUBLE,
+            cached BOOLEAN,
+            source VARCHAR,
+            session_id VARCHAR
+        )""",
+        """CREATE TABLE feedback (
+            id VARCHAR PRIMARY KEY,
+            prediction_id VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,          -- UTC
+            verdict VARCHAR CHECK (verdict IN ('up', 'down')),
+            corrected_label VARCHAR,
+            edited_caption VARCHAR
+        )""",
+    )),
+)
+
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "id", "created_at", "image_sha256", "width", "height", "classifier", "classifier_revision",
+    "captioner", "captioner_revision", "labels", "scores", "top1_label", "top1_score", "caption",
+    "prompt", "intake_ms", "classify_ms", "caption_ms", "total_ms", "cached", "source", "session_id",
+)
+FEEDBACK_COLUMNS: tuple[str, ...] = (
+    "id", "prediction_id", "created_at", "verdict", "corrected_label", "edited_caption",
+)
+_COLUMNS = {"predictions": PREDICTION_COLUMNS, "feedback": FEEDBACK_COLUMNS}
+VERDICTS = ("up", "down")
+
+LOCK_RETRY_S = 0.02
+WRITER_WAITING_FRESH_S = 5.0
+
+
+class LogError(RuntimeError):
+    """A log problem with a message a person can act on."""
+
+
+class FeedbackRejected(ValueError):
+    """Feedback that cannot be recorded, with one sentence saying why."""
+
+
+def utcnow() -> datetime:
+    """The current UTC time as a naive timestamp, the way the log stores it."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    """A fresh event id."""
+    return uuid.uuid4().hex
+
+
+def _is_lock_conflict(exc: Exception) -> bool:
+    # Another process holds the file ("Could not set lock"), or this process has it open the other way.
+    text = str(exc).lower()
+    return "lock" in text or "different configuration" in text
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".writer-waiting")
+
+
+def _connect(path: Path, read_only: bool, timeout: float, yield_to_writer: bool) -> duckdb.DuckDBPyConnection:
+    """Open the file, retrying while another process holds the conflicting lock."""
+    deadline = time.monotonic() + timeout
+    marker = _marker(path)
+    while True:
+        if yield_to_writer:
+            # A waiting writer goes first so that a busy reader cannot starve ingestion.
+            while time.monotonic() < deadline and _fresh(marker):
+                time.sleep(LOCK_RETRY_S)
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as exc:
+            if not _is_lock_conflict(exc) or time.monotonic() >= deadline:
+                raise
+        if not read_only:
+            marker.touch()
+        time.sleep(LOCK_RETRY_S)
+
+
+def _fresh(marker: Path) -> bool:
+    try:
+        return time.time() - marker.stat().st_mtime < WRITER_WAITING_FRESH_S
+    except FileNotFoundError:
+        return False
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The log's schema version, 0 for an empty file, None for a database that is not a log."""
+    tables = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+    if not tables:
+        return 0
+    if "schema_migrations" not in tables:
+        return None
+    return con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the schema up to SCHEMA_VERSION; return the version found before."""
+    found = schema_version(con)
+    if found is None:
+        raise LogError("This DuckDB file is not an imagerec log (it has no schema_migrations table).")
+    if found > SCHEMA_VERSION:
+        raise LogError(f"This log has schema version {found}; this imagerec knows up to {SCHEMA_VERSION}. "
+                       "Upgrade imagerec to use it.")
+    if found == SCHEMA_VERSION:
+        return found
+    con.execute("BEGIN")
+    try:
+        con.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL, description VARCHAR)""")
+        for version, description, statements in MIGRATIONS:
+            if version > found:
+                for sql in statements:
+                    con.execute(sql)
+                con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, utcnow(), description])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return found
+
+
+@contextlib.contextmanager
+def reader(path: str | os.PathLike, timeout: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short read-only connection to the log; hold it only for the length of a query."""
+    con = _connect(Path(path), read_only=True, timeout=timeout, yield_to_writer=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def writer(path: str | os.PathLike, timeout: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short read-write connection with the schema up to date; the marker makes readers yield."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = _connect(path, read_only=False, timeout=timeout, yield_to_writer=False)
+    finally:
+        _marker(path).unlink(missing_ok=True)
+    try:
+        migrate(con)
+        yield con
+    finally:
+        con.close()
+
+
+def query(path: str | os.PathLike, sql: str, params: Sequence[Any] | dict | None = None):
+    """Run one parameterised read query and return a pandas DataFrame."""
+    with reader(path) as con:
+        return con.execute(sql, params or []).df()
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict]) -> None:
+    """Insert rows by id, ignoring ids already present, so replays are harmless."""
+    if not rows:
+        return
+    columns = _COLUMNS[table]
+    sql = (f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
+           f"VALUES ({', '.join('?' for _ in columns)})")
+    con.executemany(sql, [[row.get(c) for c in columns] for row in rows])
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot log a {type(value).__name__}")
+
+
+def _from_journal(kind: str, row: dict) -> dict:
+    row = dict(row)
+    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    return row
+
+
+@dataclass
+class _Pending:
+    predictions: list[dict]
+    feedback: list[dict]
+    end: int  # journal offset just past the last complete line read
+
+
+class EventLog:
+    """The writer: acknowledges events once they are in the journal and moves them into DuckDB."""
+
+    def __init__(self, path: str | os.PathLike, flush_interval: float = 0.25, fsync: bool = True,
+                 known_ids: int = 100_000):
+        self.path = Path(path)
+        self.journal_path = self.path.with_name(self.path.name + ".journal")
+        self.flush_interval = flush_interval
+        self.fsync = fsync
+        self._append_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self._known_cap = known_ids
+        self._consumed = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._fd: int | None = None
+        self.last_flush_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def open(self) -> "EventLog":
+        """Take the journal, replay what a previous run left in it, and start the flusher."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LogError(f"Another imagerec process is already writing to the log {self.path}.") from None
+        self._fd = fd
+        self._drop_torn_tail()
+        with writer(self.path):
+            pass  # creates or migrates the schema up front, so a bad file fails at start
+        self.flush()
+        self._thread = threading.Thread(target=self._run, name="eventlog-flusher", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the flusher and move every pending event into DuckDB."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if self._fd is not None:
+            self.flush()
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "EventLog":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- the verbs ---------------------------------------------------------------------------------
+    def log_prediction(self, row: dict) -> str:
+        """Record a prediction; returns its id once it is durable."""
+        row = {c: row.get(c) for c in PREDICTION_COLUMNS}
+        row["id"] = row["id"] or new_id()
+        row["created_at"] = row["created_at"] or utcnow()
+        self._append("predictions", row)
+        self._remember(row["id"])
+        return row["id"]
+
+    def log_feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
+                     edited_caption: str | None = None) -> str:
+        """Record a verdict, a corrected label and/or an edited caption for a known prediction."""
+        if verdict is not None and verdict not in VERDICTS:
+            raise FeedbackRejected(f"The verdict must be 'up' or 'down', not {verdict!r}.")
+        corrected_label = (corrected_label or "").strip() or None
+        if edited_caption is not None and not edited_caption.strip():
+            raise FeedbackRejected("The edited caption is empty.")
+        if corrected_label and verdict is None:
+            verdict = "down"  # a correction says the answer was wrong
+        if verdict is None and corrected_label is None and edited_caption is None:
+            raise FeedbackRejected("Nothing to record: give a verdict, a corrected label or an edited caption.")
+        if not self.knows(prediction_id):
+            raise FeedbackRejected(f"There is no prediction with id {prediction_id!r}.")
+        row = {"id": new_id(), "prediction_id": prediction_id, "created_at": utcnow(), "verdict": verdict,
+               "corrected_label": corrected_label, "edited_caption": edited_caption}
+        self._append("feedback", row)
+        return row["id"]
+
+    def knows(self, prediction_id: str) -> bool:
+        """Whether a prediction with this id was logged (here, or earlier in the file)."""
+        if not isinstance(prediction_id, str) or not prediction_id:
+            return False
+        if prediction_id in self._known:
+            return True
+        with reader(self.path) as con:
+            found = con.execute("SELECT 1 FROM predictions WHERE id = ?", [prediction_id]).fetchone()
+        if found:
+            self._remember(prediction_id)
+        return bool(found)
+
+    def flush(self) -> int:
+        """Move journal events into DuckDB now; returns how many were moved."""
+        with self._flush_lock:
+            pending = self._read_pending()
+            if pending.end == self._consumed:
+                return 0
+            with writer(self.path) as con:
+                con.execute("BEGIN")
+                insert_rows(con, "predictions", pending.predictions)
+                insert_rows(con, "feedback", pending.feedback)
+                con.execute("COMMIT")
+            self._consumed = pending.end
+            self._truncate_if_drained()
+            return len(pending.predictions) + len(pending.feedback)
+
+    # -- journal -----------------------------------------------------------------------------------
+    def _append(self, table: str, row: dict) -> None:
+        if self._fd is None:
+            raise LogError("The log is not open.")
+        line = (json.dumps({"table": table, "row": row}, default=_to_json, ensure_ascii=False) + "\n").encode()
+        with self._append_lock:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise LogError("The log journal could not be written in full (is the disk full?).")
+            if self.fsync:
+                os.fdatasync(self._fd)
+
+    def _read_pending(self) -> _Pending:
+        with self._append_lock:
+            size = os.fstat(self._fd).st_size
+            data = os.pread(self._fd, size - self._consumed, self._consumed)
+        complete = data[: data.rfind(b"\n") + 1]
+        pending = _Pending([], [], self._consumed + len(complete))
+        for line in complete.splitlines():
+            event = json.loads(line)
+            getattr(pending, event["table"]).append(_from_journal(event["table"], event["row"]))
+        return pending
+
+    def _truncate_if_drained(self) -> None:
+        with self._append_lock:
+            if os.fstat(self._fd).st_size == self._consumed:
+                os.ftruncate(self._fd, 0)
+                self._consumed = 0
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a line a killed writer left half-written; it was never acknowledged."""
+        size = os.fstat(self._fd).st_size
+        if not size:
+            return
+        data = os.pread(self._fd, size, 0)
+        keep = data.rfind(b"\n") + 1
+        if keep != size:
+            log.warning("dropping %d bytes of an unfinished journal line", size - keep)
+            os.ftruncate(self._fd, keep)
+
+    def _remember(self, prediction_id: str) -> None:
+        self._known[prediction_id] = None
+        if len(self._known) > self._known_cap:
+            self._known.popitem(last=False)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            try:
+                self.flush()
+                self.last_flush_error = None
+            except Exception as exc:  # the events stay in the journal; the next round retries
+                self.last_flush_error = str(exc)
+                log.warning("log flush failed, will retry: %s", exc)
