@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import duckdb
+import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ FEEDBACK_COLUMNS: tuple[str, ...] = (
 )
 _COLUMNS = {"predictions": PREDICTION_COLUMNS, "feedback": FEEDBACK_COLUMNS}
 VERDICTS = ("up", "down")
+_ARROW_SCHEMAS: dict[str, pa.Schema] = {}
 
 LOCK_RETRY_S = 0.02
 WRITER_WAITING_FRESH_S = 5.0
@@ -139,6 +141,10 @@ def _fresh(marker: Path) -> bool:
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
     """The log's schema version, 0 for an empty file, None for a database that is not a log."""
+    try:  # the common case, in well under a millisecond
+        return con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0
+    except duckdb.CatalogException:
+        pass
     tables = {r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
     if not tables:
@@ -211,9 +217,17 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict]
     if not rows:
         return
     columns = _COLUMNS[table]
-    sql = (f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
-           f"VALUES ({', '.join('?' for _ in columns)})")
-    con.executemany(sql, [[row.get(c) for c in columns] for row in rows])
+    # One Arrow batch per call: DuckDB inserts it in a few ms, where executemany costs ~10 ms a row.
+    if table not in _ARROW_SCHEMAS:
+        _ARROW_SCHEMAS[table] = con.sql(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0").to_arrow_table().schema
+    schema = _ARROW_SCHEMAS[table]
+    incoming = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows], schema=schema)
+    con.register("incoming_rows", incoming)
+    try:
+        con.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
+                    f"SELECT {', '.join(columns)} FROM incoming_rows")
+    finally:
+        con.unregister("incoming_rows")
 
 
 def _to_json(value: Any) -> Any:
@@ -222,7 +236,7 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"cannot log a {type(value).__name__}")
 
 
-def _from_journal(kind: str, row: dict) -> dict:
+def _from_journal(row: dict) -> dict:
     row = dict(row)
     row["created_at"] = datetime.fromisoformat(row["created_at"])
     return row
@@ -253,6 +267,7 @@ class EventLog:
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
         self.last_flush_error: str | None = None
+        self.flush_failures = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> "EventLog":
@@ -365,7 +380,7 @@ class EventLog:
         pending = _Pending([], [], self._consumed + len(complete))
         for line in complete.splitlines():
             event = json.loads(line)
-            getattr(pending, event["table"]).append(_from_journal(event["table"], event["row"]))
+            getattr(pending, event["table"]).append(_from_journal(event["row"]))
         return pending
 
     def _truncate_if_drained(self) -> None:
@@ -396,5 +411,6 @@ class EventLog:
                 self.flush()
                 self.last_flush_error = None
             except Exception as exc:  # the events stay in the journal; the next round retries
+                self.flush_failures += 1
                 self.last_flush_error = str(exc)
                 log.warning("log flush failed, will retry: %s", exc)

@@ -1,0 +1,252 @@
+"""Image intake: bytes, a path or a PIL image in; a checked, fully loaded RGB image out."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Pillow's names for the formats we accept; the list is passed to Image.open so
+# that no other decoder (PSD, EPS, ICO, ...) ever sees untrusted bytes.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+UPLOAD_HINT = "upload a JPEG, PNG, WebP, BMP, GIF or TIFF image"
+NOT_AN_IMAGE = f"This file is not an image we can read; {UPLOAD_HINT}."
+DAMAGED = "The image file is damaged or incomplete and could not be read."
+
+# Signatures of the allowed formats: a file that starts like one of these but
+# will not open is a damaged image, not a foreign file.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+# "BM" alone is too weak (plain text can start with it); the DIB header size that follows is not.
+_BMP_HEADER_SIZES = {n.to_bytes(4, "little") for n in (12, 40, 52, 56, 64, 108, 124)}
+
+# Foreign files people commonly upload by mistake, named so the refusal says what they sent.
+_FOREIGN_MAGIC = (
+    (b"%PDF", "a PDF document"),
+    (b"%!PS", "a PostScript (EPS) file"),
+    (b"\xc5\xd0\xd3\xc6", "a PostScript (EPS) file"),
+    (b"8BPS", "a Photoshop (PSD) document"),
+    (b"\x00\x00\x01\x00", "an icon (ICO) file"),
+    (b"PK\x03\x04", "a ZIP archive or Office document"),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"}
+
+
+class ImageRejected(ValueError):
+    """An input refused, with one sentence a person understands as its message (str(exc))."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what we agree to decode."""
+
+    max_bytes: int = 20_000_000  # 20 MB
+    max_pixels: int = 40_000_000  # 40 MP
+    min_side: int = 16
+
+
+@dataclass(frozen=True)
+class Intake:
+    """A validated image and the facts about it."""
+
+    image: Image.Image  # mode "RGB", fully loaded, EXIF orientation applied
+    sha256: str  # hex sha256 of the raw file bytes (PIL input: of its RGB pixels plus size)
+    width: int  # after orientation
+    height: int
+    format: str  # "JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", or "PIL" for an image passed in
+
+
+def load_image(source: bytes | str | os.PathLike | Image.Image, limits: Limits = Limits()) -> Intake:
+    """Turn bytes, a file path or a PIL image into a validated RGB Intake, or raise ImageRejected."""
+    if source is None:
+        raise ImageRejected("No image was provided.")
+    if isinstance(source, Image.Image):
+        return _from_pil(source, limits)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        _check_bytes(len(data), limits)
+    elif isinstance(source, (str, os.PathLike)):
+        data = _read_file(source, limits)
+    else:
+        raise TypeError(f"load_image takes bytes, a path or a PIL image, not {type(source).__name__}")
+    return _from_bytes(data, limits)
+
+
+def _read_file(path: str | os.PathLike, limits: Limits) -> bytes:
+    """Read a file only after its size on disk has passed the byte limit."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL byte in the name
+        raise ImageRejected("The file could not be found.") from None
+    except OSError:  # permissions, name too long, ...
+        raise ImageRejected("The file could not be opened.") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageRejected("That is a folder, not an image file.")
+    _check_bytes(info.st_size, limits)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limits.max_bytes + 1)  # the file may have grown since stat
+    except OSError:  # permissions, or gone since stat
+        raise ImageRejected("The file could not be opened.") from None
+    _check_bytes(len(data), limits)
+    return data
+
+
+def _check_bytes(size: int, limits: Limits) -> None:
+    """Refuse empty files and files over the byte limit."""
+    if size == 0:
+        raise ImageRejected("The file is empty.")
+    if size > limits.max_bytes:
+        # the unit follows the limit, so a small test limit does not read "0.001 MB"
+        if limits.max_bytes >= 1_000_000:
+            scale, unit = 1e6, "MB"
+        elif limits.max_bytes >= 1_000:
+            scale, unit = 1e3, "KB"
+        else:
+            scale, unit = 1, "bytes"
+        got, cap = _pair(size / scale, limits.max_bytes / scale)
+        raise ImageRejected(f"The image is {got} {unit}; the limit is {cap} {unit}.")
+
+
+def _from_bytes(data: bytes, limits: Limits) -> Intake:
+    """Decode checked raw bytes: sniff, open header only, check limits, then decode fully."""
+    kind = _foreign_kind(data[:1024])
+    if kind:
+        raise ImageRejected(kind)
+    try:
+        im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(_bomb_message(exc, limits)) from exc
+    except Exception as exc:  # Pillow reports bad headers with many exception types
+        raise ImageRejected(DAMAGED if _has_image_signature(data) else NOT_AN_IMAGE) from exc
+    with im:
+        _check_size(*im.size, limits)
+        fmt = "JPEG" if im.format == "MPO" else im.format  # MPO is a JPEG with extra frames
+        rgb = _decode(im, limits)
+    return Intake(rgb, hashlib.sha256(data).hexdigest(), rgb.width, rgb.height, fmt)
+
+
+def _from_pil(im: Image.Image, limits: Limits) -> Intake:
+    """Validate an already opened PIL image; the caller's object is never modified."""
+    _check_size(*im.size, limits)
+    rgb = _decode(im, limits)
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
+    return Intake(rgb, digest, rgb.width, rgb.height, "PIL")
+
+
+def _check_size(width: int, height: int, limits: Limits) -> None:
+    """Refuse by header dimensions, before any pixel memory is allocated."""
+    if width * height > limits.max_pixels:
+        got, cap = _pair(width * height / 1e6, limits.max_pixels / 1e6)
+        raise ImageRejected(f"The image is {width} × {height} pixels ({got} MP); the limit is {cap} MP.")
+    if min(width, height) < limits.min_side:
+        raise ImageRejected(
+            f"The image is {width} × {height} pixels; each side must be at least {limits.min_side} pixels."
+        )
+
+
+def _decode(im: Image.Image, limits: Limits) -> Image.Image:
+    """Fully decode the first frame, apply EXIF orientation and convert to RGB."""
+    try:
+        im.load()  # decodes the first frame only: animated GIF / multi-page TIFF stay on frame 0
+        return _to_rgb(ImageOps.exif_transpose(im))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(_bomb_message(exc, limits)) from exc
+    except Exception as exc:  # any decoder failure on untrusted bytes means the file is unreadable
+        raise ImageRejected(DAMAGED) from exc
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB, compositing transparency on white."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        im = _to_8bit(im)
+    elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return im.convert("RGB")
+    if im.has_transparency_data:  # alpha bands, palette alpha, or a PNG tRNS colour
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Scale a 16/32-bit integer or float image to 8-bit grey (Pillow's own convert clips)."""
+    a = np.asarray(im).astype(np.float64)
+    a[~np.isfinite(a)] = 0
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode.startswith("I;16"):
+        a = a / 257  # the container's full range, 0..65535, is the picture's range
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        a = a * 255  # floats normalised to 0..1
+    elif im.mode == "I" and lo >= 0 and hi <= 65535 and hi > 255:
+        a = a / 257  # 16-bit data held in a 32-bit image
+    elif lo < 0 or hi > 255:
+        a = (a - lo) * (255 / (hi - lo))  # no known range: stretch what is there
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
+def _foreign_kind(head: bytes) -> str | None:
+    """Name a common non-image file from its first bytes, as a refusal sentence."""
+    for magic, name in _FOREIGN_MAGIC:
+        if head.startswith(magic):
+            return f"This file is {name}, not a photo; {UPLOAD_HINT}."
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _HEIF_BRANDS:
+            return f"This file is a HEIC photo, a format we cannot read; {UPLOAD_HINT}."
+        if brand in (b"avif", b"avis"):
+            return f"This file is an AVIF image, a format we cannot read; {UPLOAD_HINT}."
+        return f"This file is a video, not a photo; {UPLOAD_HINT}."
+    if _has_image_signature(head):
+        return None  # a BMP header can also read as text; the image signature wins
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # only a multi-byte character cut at the end is forgiven
+            return None
+        text = head[: exc.start].decode("utf-8")
+    lower = text.lstrip("\ufeff \t\r\n").lower()
+    if lower.startswith("<svg") or (lower.startswith(("<?xml", "<!doctype svg")) and "<svg" in lower):
+        return f"This file is an SVG drawing, not a photo; {UPLOAD_HINT}."
+    if lower.startswith(("<!doctype html", "<html")):
+        return f"This file is a web page (HTML), not a photo; {UPLOAD_HINT}."
+    if lower.startswith("<?xml"):
+        return f"This file is an XML document, not a photo; {UPLOAD_HINT}."
+    if text and all(c.isprintable() or c in "\t\r\n\f\v" for c in text):
+        return f"This file is plain text, not a photo; {UPLOAD_HINT}."
+    return None
+
+
+def _has_image_signature(head: bytes) -> bool:
+    """Whether the bytes start like one of the allowed formats."""
+    bmp = head[:2] == b"BM" and head[14:18] in _BMP_HEADER_SIZES
+    return head.startswith(_IMAGE_MAGIC) or bmp or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def _bomb_message(exc: Exception, limits: Limits) -> str:
+    """Word Pillow's decompression-bomb refusal; its text carries the pixel count."""
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    if match and int(match.group(1)) > limits.max_pixels:
+        got, cap = _pair(int(match.group(1)) / 1e6, limits.max_pixels / 1e6)
+        return f"The image is {got} MP; the limit is {cap} MP."
+    return "The image has too many pixels to open safely."
+
+
+def _pair(value: float, limit: float) -> tuple[str, str]:
+    """Format a value and its limit with enough decimals that the value is not 0 and not the limit."""
+    cap = _num(limit, 6)
+    got = _num(value, 1)
+    for digits in range(2, 7):
+        if got not in (cap, "0"):
+            break
+        got = _num(value, digits)
+    return got, cap
+
+
+def _num(x: float, digits: int) -> str:
+    """A number with at most `digits` decimals and no trailing zeros."""
+    return f"{x:.{digits}f}".rstrip("0").rstrip(".")
