@@ -1,0 +1,5 @@
+"""`python -m demo` starts the demo."""
+
+from demo.app import main
+
+main()

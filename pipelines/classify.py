@@ -1,0 +1,86 @@
+"""Image classification with any Hugging Face image-classification model: preprocess -> _forward -> postprocess."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from .models import LazyModel
+
+
+def _short_name(label: str) -> str:
+    return label.split(",")[0].replace("_", " ").strip()
+
+
+def _full_name(label: str) -> str:
+    return label.replace("_", " ").strip()
+
+
+def readable_labels(names: list[str]) -> list[str]:
+    """Short unique names: "tabby, tabby cat" -> "tabby"; clashing short names keep the full name, then the id."""
+    short = [_short_name(n) for n in names]
+    clashes = Counter(short)
+    result = [s if clashes[s] == 1 and s else _full_name(n) for s, n in zip(short, names)]
+    # ImageNet's two "crane" are identical even in full, so only the id can tell them apart
+    clashes = Counter(result)
+    return [r if clashes[r] == 1 and r else f"{r} ({i})".lstrip() for i, r in enumerate(result)]
+
+
+class Classifier(LazyModel):
+    """An image classifier returning [{"label", "score"}] sorted by score."""
+
+    role = "classifier"
+    setting_env = "IMAGEREC_CLASSIFIER"
+    setting_flag = "--classifier"
+
+    def __init__(self, model: str | os.PathLike, revision: str | None = None,
+                 device: str = "auto", top_k: int = 5):
+        super().__init__(model, revision, device)
+        self.top_k = top_k
+        self.processor = None
+        self.model = None
+        self._labels: list[str] = []
+        self._multi_label = False
+
+    def _load_components(self, source: str, pretrained_kwargs: dict) -> None:
+        # the model first: its config errors say more than the image processor's
+        model = AutoModelForImageClassification.from_pretrained(source, **pretrained_kwargs)
+        self.processor = AutoImageProcessor.from_pretrained(source, **pretrained_kwargs)
+        self.model = self._prepare(model)
+        config = model.config
+        self._labels = readable_labels([str(config.id2label[i]) for i in range(config.num_labels)])
+        self._multi_label = config.problem_type == "multi_label_classification" or config.num_labels == 1
+
+    @property
+    def labels(self) -> list[str]:
+        """The model's readable labels in id order (loads the model)."""
+        self.load()
+        return list(self._labels)
+
+    def __call__(self, image: Image.Image, top_k: int | None = None) -> list[dict]:
+        """The top_k labels for image with their probabilities, best first."""
+        self.load()
+        top_k = self.top_k if top_k is None else top_k
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        return self.postprocess(self._forward(self.preprocess(image)), top_k)
+
+    def preprocess(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        if image.mode != "RGB":
+            image = image.convert("RGB")  # RGBA, palette and greyscale images would break the channel count
+        inputs = self.processor(images=image, return_tensors="pt")
+        return {k: v.to(self._device) for k, v in inputs.items()}
+
+    def _forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # inference_mode is per thread and the model is only read, so concurrent calls are safe
+        with torch.inference_mode():
+            return self.model(**inputs).logits[0].float().cpu()
+
+    def postprocess(self, logits: torch.Tensor, top_k: int) -> list[dict]:
+        scores = torch.sigmoid(logits) if self._multi_label else torch.softmax(logits, dim=-1)
+        values, indices = torch.topk(scores, min(top_k, scores.numel()))
+        return [{"label": self._labels[i], "score": float(v)} for v, i in zip(values.tolist(), indices.tolist())]

@@ -1,0 +1,241 @@
+"""Shared model loading: device choice, hub-or-folder resolution, one lazy thread-safe load, readable load errors."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from . import registry
+
+# Failure kinds a ModelLoadError carries, so callers can react without parsing text.
+OFFLINE = "offline"
+NOT_FOUND = "not_found"
+NO_FOLDER = "no_folder"
+NOT_A_MODEL = "not_a_model"
+DEVICE = "device"
+OTHER = "other"
+
+# Transport errors come from httpx, httpx2 or requests depending on the hub version; match them by name.
+_NETWORK_ERROR_NAMES = {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "TransportError",
+                        "ReadTimeout", "ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+                        "RevisionResolutionError", "gaierror"}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says which model, why, and how to point at a local folder."""
+
+    def __init__(self, message: str, *, model: str, kind: str = OTHER):
+        super().__init__(message)
+        self.model = model
+        self.kind = kind
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device for "auto" (cuda if available, else cpu), "cpu" or "cuda[:n]"."""
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}); use device 'cpu' or 'auto'.")
+        return torch.device(name)
+    raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu' or 'cuda'.")
+
+
+def is_local_folder(model: str) -> bool:
+    """Whether model names a directory on disk (anything else is taken as a hub id)."""
+    return Path(model).expanduser().is_dir()
+
+
+def _looks_like_path(model: str) -> bool:
+    """Whether a name that is not on disk was still meant as a path rather than a hub id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if model.startswith((".", "/", "~")) or "\\" in model or os.path.isabs(model) or os.path.exists(model):
+        return True
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return True
+    return False
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """The exception's type and the first line of its message, never a traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _chain(exc: BaseException):
+    """The exception and the ones it was raised from, without looping."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for e in _chain(exc) for cls in type(e).__mro__}
+
+
+def classify_failure(exc: BaseException) -> str:
+    """Which kind of load failure exc is: OFFLINE, NOT_FOUND or OTHER."""
+    names = _names(exc)
+    if "GatedRepoError" in names:
+        return OTHER  # the repository exists; the one-line summary says how to get access
+    if "RepositoryNotFoundError" in names:
+        return NOT_FOUND
+    if names & _NETWORK_ERROR_NAMES or any("couldn't connect to" in str(e) for e in _chain(exc)):
+        return OFFLINE
+    return OTHER
+
+
+def _short(revision: str | None) -> str:
+    if not revision:
+        return "main"
+    return revision[:12] if len(revision) == 40 else revision
+
+
+class LazyModel:
+    """A model loaded on first use, exactly once, from a hub id or a local folder; remembers a failed load."""
+
+    role = "model"
+    setting_env = "IMAGEREC_MODEL"
+    setting_flag = "--model"
+
+    def __init__(self, model: str | os.PathLike, revision: str | None = None, device: str = "auto"):
+        self._model_id = str(model)
+        self._asked_revision = revision or None
+        self._device_name = device
+        self._device: torch.device | None = None
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._error: ModelLoadError | None = None
+        self._revision: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def revision(self) -> str | None:
+        """The loaded revision: a commit hash when the hub tells it, the asked revision, or "local"; None before."""
+        return self._revision
+
+    @property
+    def device(self) -> torch.device | None:
+        return self._device
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def error(self) -> str | None:
+        """Why the last load failed, or None."""
+        return str(self._error) if self._error else None
+
+    def load(self, retry: bool = False):
+        """Load once (safe from many threads); re-raise a remembered failure unless retry is set."""
+        if self._loaded:
+            return self
+        with self._lock:
+            if self._loaded:
+                return self
+            if self._error is not None and not retry:
+                raise self._error
+            try:
+                self._load_locked()
+            except ModelLoadError as exc:
+                self._error = exc
+                raise
+            self._error = None
+            self._loaded = True
+        return self
+
+    def _load_locked(self) -> None:
+        try:
+            self._device = resolve_device(self._device_name)
+        except ValueError as exc:
+            raise self._failure(f"{exc}", DEVICE) from None
+        source, pretrained_kwargs, revision = self._locate()
+        try:
+            self._load_components(source, pretrained_kwargs)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # any loader error becomes one readable line
+            raise self._explain(exc) from None
+        self._revision = revision
+
+    def _locate(self) -> tuple[str, dict, str]:
+        """The path or id to load, the from_pretrained kwargs, and the revision to record."""
+        model = self._model_id
+        if is_local_folder(model):
+            folder = Path(model).expanduser()
+            if not (folder / "config.json").is_file():
+                raise self._failure(f"the folder {folder.resolve()} has no config.json, so it holds no saved model. "
+                                    f"{self._folder_hint()}", NOT_A_MODEL)
+            return str(folder), {}, "local"
+        if _looks_like_path(model):
+            where = Path(model).expanduser().resolve()
+            what = "is a file, not a folder" if where.exists() else "does not exist"
+            raise self._failure(f"the local folder {where} {what}. {self._folder_hint()}", NO_FOLDER)
+        revision = self._resolve_hub_revision()
+        return model, {"revision": revision}, getattr(revision, "resolved", None) or str(revision)
+
+    def _resolve_hub_revision(self):
+        """The asked (or pinned) revision resolved to a commit once, so every file comes from one commit."""
+        from huggingface_hub import HfApi, constants
+
+        asked = registry.revision_for(self._model_id, self._asked_revision)
+        try:
+            return HfApi().resolve_revision(self._model_id, revision=asked,
+                                            local_files_only=constants.is_offline_mode())
+        except Exception as exc:  # unreachable hub, unknown repo or revision: say so now, not after retries
+            raise self._explain(exc, asked) from None
+
+    def _explain(self, exc: BaseException, revision: str | None = None) -> ModelLoadError:
+        """A ModelLoadError for exc, worded by the kind of failure."""
+        kind = classify_failure(exc)
+        revision = revision or registry.revision_for(self._model_id, self._asked_revision)
+        if kind == OFFLINE:
+            return self._failure(
+                "the Hugging Face hub cannot be reached and the model is not in the local cache. "
+                f"Download it once with `hf download {self._model_id}"
+                f"{f' --revision {revision}' if revision else ''}` or point {self._setting()} at a local folder "
+                "that holds it.", kind, revision)
+        if kind == NOT_FOUND:
+            return self._failure(
+                "the Hugging Face hub has no such model repository (check the id; a private one needs "
+                f"`hf auth login`). Use a valid model id, or point {self._setting()} at a local folder that holds "
+                "the model.", kind, revision)
+        return self._failure(f"{one_line(exc)}. To use a model on disk, point {self._setting()} at a local folder "
+                             "that holds it.", kind, revision)
+
+    def _failure(self, reason: str, kind: str, revision: str | None = None) -> ModelLoadError:
+        at = f" (revision {_short(revision)})" if revision else ""
+        return ModelLoadError(f"Could not load the {self.role} '{self._model_id}'{at}: {reason}",
+                              model=self._model_id, kind=kind)
+
+    def _setting(self) -> str:
+        return f"{self.setting_env} / {self.setting_flag}"
+
+    def _folder_hint(self) -> str:
+        return (f"Point {self._setting()} at a local folder that holds the model (its config.json and weights, "
+                "as save_pretrained or `hf download --local-dir` writes them), or use a Hugging Face model id.")
+
+    def _load_components(self, source: str, pretrained_kwargs: dict) -> None:
+        """Load processor and model from source with from_pretrained(**pretrained_kwargs); subclasses implement."""
+        raise NotImplementedError
+
+    def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on the chosen device, in eval mode."""
+        return model.to(self._device).eval()

@@ -1,0 +1,150 @@
+"""Models built from configs with random weights: tiny ones for tests, full-size stand-ins for benchmarks."""
+
+from __future__ import annotations
+
+import json
+import string
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+# ImageNet-style names that exercise the readable-label rule: a comma list, underscores,
+# two identical names (ImageNet's two "crane") and two that share a first name ("maillot").
+TINY_LABELS = (
+    "tench, Tinca tinca",
+    "goldfish, Carassius auratus",
+    "tabby, tabby cat",
+    "crane",
+    "crane",
+    "maillot",
+    "maillot, tank suit",
+    "great_grey_owl, great gray owl, Strix nebulosa",
+    "golden retriever",
+    "espresso",
+)
+
+TINY_WORDS = (
+    "a an the of on in with and is are at to next near two three photo picture image "
+    "cat cats dog dogs man woman people table couch bed grass street car bus bird tree "
+    "white black red blue green small large sitting standing holding eating water field room plate food"
+).split()
+
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+BLIP_DECODER_TOKEN = "[DEC]"  # BLIP's bos: it starts every caption the decoder writes
+BLIP_ENCODER_TOKEN = "[ENC]"
+BERT_BASE_VOCAB_SIZE = 30522
+
+
+def _seeded(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def _image_processor(cls_name: str, size: int, **kwargs):
+    """An image processor by class name; the PIL backend when torchvision is missing, without the warning."""
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    name = cls_name if is_torchvision_available() else cls_name + "Pil"
+    cls = getattr(transformers, name, None) or getattr(transformers, cls_name)
+    return cls(size={"height": size, "width": size}, **kwargs)
+
+
+def _save_classifier(path: Path, config, image_size: int, seed: int) -> Path:
+    from transformers import ViTForImageClassification
+
+    path.mkdir(parents=True, exist_ok=True)
+    _seeded(seed)
+    model = ViTForImageClassification(config).eval()
+    model.save_pretrained(path)
+    _image_processor("ViTImageProcessor", image_size).save_pretrained(path)
+    return path
+
+
+def make_tiny_classifier(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random ViT classifier with ImageNet-style labels to path."""
+    from transformers import ViTConfig
+
+    labels = dict(enumerate(TINY_LABELS))
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, id2label=labels, label2id={v: k for k, v in labels.items()})
+    return _save_classifier(Path(path), config, 32, seed)
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet class names if an installed package ships them, else "class 0".."class 999"."""
+    try:
+        names = json.loads(resources.files("gradio").joinpath("media_assets/data/imagenet_labels.json").read_text())
+        if len(names) == 1000 and len(set(names)) == 1000:
+            return [str(n) for n in names]
+    except Exception:  # any missing package or file just means generic names
+        pass
+    return [f"class {i}" for i in range(1000)]
+
+
+def make_standin_classifier(path: str | Path, seed: int = 0) -> Path:
+    """Save a random-weight ViT-B/16 at 224 with 1000 labels: the shape of google/vit-base-patch16-224."""
+    from transformers import ViTConfig
+
+    labels = dict(enumerate(imagenet_labels()))
+    config = ViTConfig(id2label=labels, label2id={v: k for k, v in labels.items()})
+    return _save_classifier(Path(path), config, 224, seed)
+
+
+def _tiny_vocab() -> list[str]:
+    letters = list(string.ascii_lowercase) + list(string.digits) + list(".,'!?-")
+    tokens = [*BERT_SPECIALS, *TINY_WORDS, *letters, *("##" + c for c in string.ascii_lowercase)]
+    return list(dict.fromkeys(tokens))  # "a" is both a word and a letter; a vocab must not repeat a token
+
+
+def _bert_base_like_vocab() -> list[str]:
+    """A WordPiece vocab with bert-base-uncased's size and special-token ids ([PAD] 0, [UNK] 100, [SEP] 102)."""
+    vocab = ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += [f"[unused{i}]" for i in range(99, 994)]
+    chars = [c for c in string.printable[:94] if c not in vocab]
+    words = [w for w in TINY_WORDS if w not in chars]
+    vocab += chars + words + ["##" + c for c in chars]
+    vocab += [f"[filler{i}]" for i in range(BERT_BASE_VOCAB_SIZE - len(vocab))]
+    return vocab
+
+
+def _blip_tokenizer(path: Path, vocab: list[str]):
+    """A BERT WordPiece tokenizer with BLIP's extra [DEC] (bos) and [ENC] tokens, as BLIP's checkpoints have."""
+    from transformers import BertTokenizer
+
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True,
+                              bos_token=BLIP_DECODER_TOKEN, extra_special_tokens=[BLIP_ENCODER_TOKEN])
+    return tokenizer
+
+
+def _save_captioner(path: Path, vocab: list[str], text: dict, vision: dict, image_size: int, seed: int,
+                    **config_kwargs) -> Path:
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
+
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _blip_tokenizer(path, vocab)
+    text = {**text, "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+            "sep_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.sep_token_id}
+    config = BlipConfig(text_config=text, vision_config=vision, **config_kwargs)
+    _seeded(seed)
+    BlipForConditionalGeneration(config).eval().save_pretrained(path)
+    processor = _image_processor("BlipImageProcessor", image_size)
+    BlipProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def make_tiny_captioner(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random BLIP captioner, its image processor and a small WordPiece tokenizer to path."""
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=64)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=32, patch_size=8, projection_dim=32)
+    return _save_captioner(Path(path), _tiny_vocab(), text, vision, 32, seed,
+                           projection_dim=32, image_text_hidden_size=32)
+
+
+def make_standin_captioner(path: str | Path, seed: int = 0) -> Path:
+    """Save a random-weight BLIP base at 384 with a 30524-token vocab: the shape of blip-image-captioning-base."""
+    return _save_captioner(Path(path), _bert_base_like_vocab(), {}, {}, 384, seed)
