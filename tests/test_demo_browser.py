@@ -1,0 +1,77 @@
+"""End to end in a real Chromium: upload, labels and caption, edit, thumbs down with a correction, rows in DuckDB."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from pipelines import eventlog
+from tests.browser import browser, screenshot_path  # noqa: F401  (fixture)
+from tests.demo_server import PHOTOS, launched, test_settings
+
+pytestmark = pytest.mark.browser
+
+
+def _photo():
+    photos = sorted(PHOTOS.glob("*.JPEG"))
+    if not photos:
+        pytest.skip(f"the shared sample photos are not at {PHOTOS}")
+    return next((p for p in photos if "tabby" in p.name or "cat" in p.name), photos[0])
+
+
+def _rows(db, sql, params, want, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = eventlog.query(db, sql, params)
+        if len(rows) >= want or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def test_upload_edit_and_correct_in_the_browser(browser, tiny_classifier_dir, tiny_captioner_dir, tmp_path):
+    photo = _photo()
+    db = tmp_path / "log.duckdb"
+    with launched(test_settings(tiny_classifier_dir, tiny_captioner_dir, db)) as (demo, url):
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            page.goto(url)
+            page.locator("#model-status").get_by_text("classifier").wait_for()
+            page.locator("#photo input[type=file]").set_input_files(str(photo))
+
+            labels = page.locator("#labels")
+            first_label = demo.studio.recognizer.classifier.labels  # the tiny model's names
+            labels.get_by_text(first_label[0]).or_(labels.get_by_text(first_label[1])).first.wait_for(timeout=60_000)
+            caption = page.locator("#caption textarea")
+            page.wait_for_function("el => el.value.length > 0", arg=caption.element_handle(), timeout=60_000)
+            shown_caption = caption.input_value()
+
+            edited = "a tabby cat asleep on a sofa"
+            caption.fill(edited)
+            page.locator("#save-caption").click()
+            page.locator("#message").get_by_text("caption edited").wait_for()
+
+            page.locator("#thumbs-down").click()
+            dropdown = page.locator("#corrected-label input")
+            dropdown.wait_for()
+            wanted = first_label[-1]
+            dropdown.click()
+            dropdown.fill(wanted[:5])
+            page.get_by_role("option", name=wanted, exact=True).click()
+            page.locator("#save-correction").click()
+            page.locator("#message").get_by_text("should be").wait_for()
+            page.screenshot(path=str(screenshot_path("demo.png")), full_page=True)
+            expect(page.locator("#history")).to_contain_text("should be")
+        finally:
+            page.close()
+
+        predictions = _rows(db, "SELECT id, caption, source, session_id FROM predictions", [], 1)
+        assert len(predictions) == 1
+        prediction = predictions.iloc[0]
+        assert prediction.caption == shown_caption and prediction.source == "demo" and prediction.session_id
+        feedback = _rows(db, "SELECT verdict, corrected_label, edited_caption FROM feedback WHERE prediction_id = ? "
+                             "ORDER BY created_at", [prediction.id], 3)
+        assert feedback.edited_caption.tolist()[0] == edited
+        assert feedback.verdict.tolist()[1:] == ["down", "down"]
+        assert feedback.corrected_label.tolist()[2] == wanted
