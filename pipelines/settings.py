@@ -52,6 +52,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Hub revision of the captioner; empty means the pinned revision for a default model, else main."),
     Setting("device", "auto", "Where the models run: auto, cpu or cuda.", cli=True,
             choices=("auto", "cpu", "cuda")),
+    Setting("precision", "auto", "Numeric precision of the models: fp32, bf16, int8, or auto for the fastest "
+            "that keeps the fidelity bounds on this machine.", choices=("auto", "fp32", "bf16", "int8")),
     Setting("threads", 0, "Torch intra-op threads; 0 means one per CPU core.", type=int),
     Setting("caption_max_tokens", 30, "Most new tokens a caption may have.", type=int),
     Setting("top_k", 5, "How many labels the classifier returns.", type=int),
@@ -83,6 +85,7 @@ class Settings:
     captioner: str
     captioner_revision: str
     device: str
+    precision: str
     threads: int
     caption_max_tokens: int
     top_k: int
