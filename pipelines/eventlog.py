@@ -206,6 +206,13 @@ def writer(path: str | os.PathLike, timeout: float = 30.0) -> Iterator[duckdb.Du
         con.close()
 
 
+def check(path: str | os.PathLike) -> None:
+    """Create or migrate the log and read every table through, so a damaged file fails now, not mid-request."""
+    with writer(path) as con:
+        for table in _COLUMNS:
+            con.execute(f"SELECT count(*), max(length(id)), max(created_at) FROM {table}").fetchall()
+
+
 def query(path: str | os.PathLike, sql: str, params: Sequence[Any] | dict | None = None):
     """Run one parameterised read query and return a pandas DataFrame."""
     with reader(path) as con:
@@ -268,6 +275,11 @@ class EventLog:
         self._fd: int | None = None
         self.last_flush_error: str | None = None
         self.flush_failures = 0
+        self.set_aside: str | None = None  # what open() did with a damaged or foreign file
+        self._backlog: list[bytes] = []  # events the journal could not take yet (disk full, I/O error)
+        self.append_error: str | None = None
+        self._last_feedback: OrderedDict[str, tuple] = OrderedDict()
+        self._feedback_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> "EventLog":
@@ -281,12 +293,35 @@ class EventLog:
             raise LogError(f"Another imagerec process is already writing to the log {self.path}.") from None
         self._fd = fd
         self._drop_torn_tail()
-        with writer(self.path):
-            pass  # creates or migrates the schema up front, so a bad file fails at start
+        try:
+            check(self.path)
+        except (LogError, duckdb.Error) as exc:
+            if isinstance(exc, duckdb.Error) and _is_lock_conflict(exc):
+                raise
+            self.set_aside = self._set_aside(exc)
+            check(self.path)
         self.flush()
         self._thread = threading.Thread(target=self._run, name="eventlog-flusher", daemon=True)
         self._thread.start()
         return self
+
+    def _set_aside(self, problem: Exception) -> str:
+        """Move a file that is not a usable log out of the way, never overwriting it, and say so."""
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S")
+        kept = self.path.with_name(f"{self.path.name}.bad-{stamp}")
+        n = 1
+        while kept.exists():
+            kept = self.path.with_name(f"{self.path.name}.bad-{stamp}-{n}")
+            n += 1
+        os.rename(self.path, kept)
+        wal = self.path.with_name(self.path.name + ".wal")
+        if wal.exists():
+            os.rename(wal, kept.with_name(kept.name + ".wal"))
+        reason = str(problem).splitlines()[0]
+        message = (f"The log {self.path} could not be used ({reason}); it was kept as {kept.name} "
+                   f"and a fresh log was started.")
+        log.error(message)
+        return message
 
     def close(self) -> None:
         """Stop the flusher and move every pending event into DuckDB."""
@@ -295,6 +330,9 @@ class EventLog:
             self._thread.join()
         if self._fd is not None:
             self.flush()
+            if self._backlog:
+                log.error("%d logged event(s) could not be written before exit: %s", len(self._backlog),
+                          self.append_error)
             os.close(self._fd)
             self._fd = None
 
@@ -315,8 +353,8 @@ class EventLog:
         return row["id"]
 
     def log_feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
-                     edited_caption: str | None = None) -> str:
-        """Record a verdict, a corrected label and/or an edited caption for a known prediction."""
+                     edited_caption: str | None = None) -> tuple[str, bool]:
+        """Record feedback on a known prediction; returns (feedback id, False if it repeated the last one)."""
         if verdict is not None and verdict not in VERDICTS:
             raise FeedbackRejected(f"The verdict must be 'up' or 'down', not {verdict!r}.")
         corrected_label = (corrected_label or "").strip() or None
@@ -328,10 +366,25 @@ class EventLog:
             raise FeedbackRejected("Nothing to record: give a verdict, a corrected label or an edited caption.")
         if not self.knows(prediction_id):
             raise FeedbackRejected(f"There is no prediction with id {prediction_id!r}.")
-        row = {"id": new_id(), "prediction_id": prediction_id, "created_at": utcnow(), "verdict": verdict,
-               "corrected_label": corrected_label, "edited_caption": edited_caption}
-        self._append("feedback", row)
-        return row["id"]
+        content = (verdict, corrected_label, edited_caption)
+        with self._feedback_lock:
+            previous = self._latest_feedback(prediction_id)
+            if previous and previous[1:] == content:  # a double click or a retried request counts once
+                return previous[0], False
+            row = {"id": new_id(), "prediction_id": prediction_id, "created_at": utcnow(), "verdict": verdict,
+                   "corrected_label": corrected_label, "edited_caption": edited_caption}
+            self._append("feedback", row)
+            self._last_feedback[prediction_id] = (row["id"], *content)
+            if len(self._last_feedback) > self._known_cap:
+                self._last_feedback.popitem(last=False)
+        return row["id"], True
+
+    def _latest_feedback(self, prediction_id: str) -> tuple | None:
+        if prediction_id in self._last_feedback:
+            return self._last_feedback[prediction_id]
+        with reader(self.path) as con:
+            return con.execute("SELECT id, verdict, corrected_label, edited_caption FROM feedback "
+                               "WHERE prediction_id = ? ORDER BY created_at DESC LIMIT 1", [prediction_id]).fetchone()
 
     def knows(self, prediction_id: str) -> bool:
         """Whether a prediction with this id was logged (here, or earlier in the file)."""
@@ -347,6 +400,7 @@ class EventLog:
 
     def flush(self) -> int:
         """Move journal events into DuckDB now; returns how many were moved."""
+        self._drain_backlog()
         with self._flush_lock:
             pending = self._read_pending()
             if pending.end == self._consumed:
@@ -366,11 +420,46 @@ class EventLog:
             raise LogError("The log is not open.")
         line = (json.dumps({"table": table, "row": row}, default=_to_json, ensure_ascii=False) + "\n").encode()
         with self._append_lock:
+            if self._backlog:  # keep the order: nothing jumps ahead of events still waiting
+                self._backlog.append(line)
+                return
+            try:
+                self._write_line(line)
+            except OSError as exc:
+                self._backlog.append(line)
+                self.append_error = f"The log journal cannot be written ({exc.strerror or exc}); " \
+                                    f"{len(self._backlog)} event(s) are held in memory until it can."
+                log.error(self.append_error)
+
+    def _write_line(self, line: bytes) -> None:
+        """Append one whole line to the journal, or leave the journal as it was."""
+        size = os.fstat(self._fd).st_size
+        try:
             written = os.write(self._fd, line)
             if written != len(line):
-                raise LogError("The log journal could not be written in full (is the disk full?).")
+                raise OSError(28, "No space left on device")
             if self.fsync:
                 os.fdatasync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)  # never leave half a line behind
+            raise
+
+    def _drain_backlog(self) -> None:
+        """Move events held in memory into the journal, in order, as far as it takes them."""
+        with self._append_lock:
+            while self._backlog:
+                try:
+                    self._write_line(self._backlog[0])
+                except OSError:
+                    return
+                self._backlog.pop(0)
+            self.append_error = None
+
+    @property
+    def held_in_memory(self) -> int:
+        """Events acknowledged but not yet in the journal (only while it cannot be written)."""
+        return len(self._backlog)
 
     def _read_pending(self) -> _Pending:
         with self._append_lock:

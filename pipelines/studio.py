@@ -74,9 +74,9 @@ class Studio:
     def feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
                  edited_caption: str | None = None) -> dict:
         """Record feedback on a logged prediction."""
-        feedback_id = self.log.log_feedback(prediction_id, verdict=verdict, corrected_label=corrected_label,
-                                            edited_caption=edited_caption)
-        return {"id": feedback_id, "prediction_id": prediction_id, "recorded": True}
+        feedback_id, new = self.log.log_feedback(prediction_id, verdict=verdict, corrected_label=corrected_label,
+                                                 edited_caption=edited_caption)
+        return {"id": feedback_id, "prediction_id": prediction_id, "recorded": True, "duplicate": not new}
 
     def close(self) -> None:
         """Write every pending event into the log."""
