@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import hmac
+import ipaddress
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +19,14 @@ if __package__ in (None, ""):  # run as `python demo/app.py`, as a Hugging Face 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gradio as gr  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 
 from pipelines import settings  # noqa: E402
 from pipelines.eventlog import FeedbackRejected  # noqa: E402
 from pipelines.intake import ImageRejected  # noqa: E402
 from pipelines.models import ModelLoadError  # noqa: E402
-from pipelines.studio import Studio  # noqa: E402
+from pipelines.studio import RequestRejected, Studio  # noqa: E402
+from pipelines import export  # noqa: E402
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.jpg"))
 HISTORY_COLUMNS = ["time (UTC)", "top label", "score", "caption", "feedback", "id"]
@@ -41,11 +46,20 @@ class PhotoInput(gr.Image):
     def preprocess(self, payload: Any) -> str | None:
         if payload is None or (payload.url and payload.url.startswith("data:")):
             return super().preprocess(payload)
+        if not _in_upload_cache(payload.path):  # a forged payload naming a file on the server
+            raise gr.Error("That file was not uploaded here; send the image itself.", print_exception=False)
         return str(payload.path)
+
+
+USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError)
 
 
 def _status_markdown(studio: Studio) -> str:
     lines = []
+    if studio.log.set_aside:
+        lines.append(f"⚠️ {studio.log.set_aside}")
+    if studio.log.append_error:
+        lines.append(f"⚠️ {studio.log.append_error}")
     for role, state in studio.model_status().items():
         if state["error"]:
             lines.append(f"⚠️ **The {role} is not available.** {state['error']}")
@@ -64,6 +78,28 @@ def _user_error(exc: Exception) -> gr.Error:
     return gr.Error(str(exc), print_exception=False)
 
 
+def client_address(request: gr.Request | None) -> str | None:
+    """The caller's address, for the rate limit (behind a Space's proxy: the first forwarded address)."""
+    if request is None:
+        return None
+    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip() if request.headers else ""
+    if forwarded and os.environ.get("SPACE_ID"):
+        return forwarded
+    return request.client.host if request.client else None
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return bool(address) and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+def _in_upload_cache(path: str) -> bool:
+    """Whether a path is one of Gradio's own cached uploads (anything else is never read or deleted)."""
+    return Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve())
+
+
 def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Blocks:
     """Build the Blocks app over a studio (made from the settings when none is given)."""
     studio = studio or Studio.from_settings(config)
@@ -78,8 +114,11 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         if not photo:
             raise gr.Error("Add a photo first: upload one, drop it here, paste it or take one with the webcam.")
         session = request.session_hash if request else None
+        if session and disposable(photo):
+            uploads.setdefault(session, set()).add(photo)
         try:
-            for result in studio.predict_steps(photo, prompt=prompt, origin="demo", session_id=session):
+            for result in studio.predict_steps(photo, prompt=prompt, origin="demo", session_id=session,
+                                               client=client_address(request)):
                 scores = {item["label"]: item["score"] for item in result["labels"]}
                 if result["caption"] is None:
                     yield (scores, gr.Textbox(value="", placeholder="Writing a caption…"), result, history,
@@ -94,7 +133,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                 yield (scores, gr.Textbox(value=result["caption"], placeholder=""), result, history,
                        _history_rows(history), gr.Row(visible=True), gr.Group(visible=False),
                        gr.Dropdown(choices=choices, value=None), "")
-        except (ImageRejected, ModelLoadError) as exc:
+        except USER_ERRORS as exc:
             raise _user_error(exc) from None
 
     def record(current: dict | None, history: list[dict], note: str, **feedback: Any) -> tuple[list[dict], list, str]:
@@ -125,13 +164,27 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             raise gr.Error("Pick the right label from the list first.")
         return record(current, history, f"👎 should be “{label}”", verdict="down", corrected_label=label)
 
-    def api_predict(photo: str | None, prompt: str | None = None) -> dict:
+    def delete_my_data(request: gr.Request):
+        session = request.session_hash if request else None
+        deleted = studio.delete_data(session_id=session)
+        for path in uploads.pop(session, set()):
+            try:
+                Path(path).unlink()
+                deleted.uploads += 1
+            except FileNotFoundError:
+                pass
+        return None, [], [], [], None, "", gr.Row(visible=False), gr.Group(visible=False), deleted.sentence()
+
+    def api_predict(photo: str | None, prompt: str | None = None, request: gr.Request = None) -> dict:
         if not photo:
             raise gr.Error("Send an image file.")
         try:
-            result = studio.predict(photo, prompt=prompt, origin="api")
-        except (ImageRejected, ModelLoadError) as exc:
+            result = studio.predict(photo, prompt=prompt, origin="api", client=client_address(request))
+        except USER_ERRORS as exc:
             raise _user_error(exc) from None
+        finally:
+            if disposable(photo):  # an API caller has no session to delete later: keep no copy
+                Path(photo).unlink(missing_ok=True)
         return {k: result[k] for k in ("id", "labels", "caption", "prompt", "timings_ms", "models", "image",
                                        "cached")}
 
@@ -143,6 +196,48 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                                    edited_caption=edited_caption or None)
         except FeedbackRejected as exc:
             raise _user_error(exc) from None
+
+    def api_delete(prediction_id: str) -> dict:
+        """Delete one prediction, its feedback and any kept image ("delete my data")."""
+        deleted = studio.delete_data(prediction_id=prediction_id)
+        return {"deleted": deleted.__dict__, "message": deleted.sentence()}
+
+    def admin(request: gr.Request | None, token: str | None) -> None:
+        """Open on this machine while no admin password is set; closed to anyone without it once it is."""
+        if config.admin_password:
+            if not (token and hmac.compare_digest(token.encode(), config.admin_password.encode())):
+                raise gr.Error("Admin actions need the admin password.", print_exception=False)
+        elif not _is_loopback(client_address(request)):
+            raise gr.Error("Admin actions are open only from this machine until an admin password is set.",
+                           print_exception=False)
+
+    def admin_reload(token: str | None = None, request: gr.Request = None) -> dict:
+        """Try again to load the models that failed (the hub is back, a folder was fixed)."""
+        admin(request, token)
+        for model in (studio.recognizer.classifier, studio.recognizer.captioner):
+            try:
+                model.load(retry=True)
+            except ModelLoadError:
+                pass  # reported in the status below
+        return studio.model_status()
+
+    def admin_purge(older_than_days: float, token: str | None = None, request: gr.Request = None) -> dict:
+        """Delete predictions, feedback and kept images older than a number of days."""
+        admin(request, token)
+        deleted = studio.purge_older_than(float(older_than_days))
+        return {"deleted": deleted.__dict__, "message": deleted.sentence()}
+
+    def admin_export(token: str | None = None, request: gr.Request = None) -> str:
+        """The whole log as a Parquet file (predictions with their latest feedback)."""
+        admin(request, token)
+        studio.log.flush()
+        return str(export.to_parquet(studio.log.path, Path(tempfile.mkdtemp(prefix="imagerec-export-"))))
+
+    uploads: dict[str, set[str]] = {}  # session -> Gradio's cached copies of its uploads
+
+    def disposable(path: str) -> bool:
+        """A visitor's uploaded copy, as opposed to an example photo Gradio keeps for everyone."""
+        return _in_upload_cache(path) and path not in photo.keep_in_cache and path not in api_photo.keep_in_cache
 
     with gr.Blocks(title="imagerec", analytics_enabled=False, delete_cache=(300, 900)) as demo:
         gr.Markdown("# imagerec\nDrop a photo to see what is in it and a caption for it. "
@@ -175,6 +270,10 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                 message = gr.Markdown(elem_id="message")
         table = gr.Dataframe(headers=HISTORY_COLUMNS, label="Your recent predictions", interactive=False,
                              elem_id="history", wrap=True)
+        with gr.Row():
+            forget = gr.Button("Delete my data", variant="stop", size="sm", elem_id="delete-my-data", scale=0)
+            gr.Markdown("Photos are not kept: the log holds a fingerprint (sha256) of each photo and the "
+                        "answers. *Delete my data* removes this session's predictions, feedback and copies.")
 
         demo.load(status, outputs=[model_status, timer], api_visibility="private")
         timer.tick(status, outputs=[model_status, timer], api_visibility="private")
@@ -188,6 +287,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         up.click(thumbs_up, [current, history], [history, table, message, correction], **feedback)
         down.click(thumbs_down, [current, history], [history, table, message, correction], **feedback)
         correct.click(save_correction, [current, right_label, history], [history, table, message], **feedback)
+        forget.click(delete_my_data, None, [photo, history, table, labels, current, caption, verdict_row,
+                                            correction, message], **feedback)
 
         # Endpoints for programs (gradio_client): the UI above stays private.
         api_photo = PhotoInput(type="filepath", image_mode=None, visible=False)
@@ -195,6 +296,11 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         api_out = gr.JSON(visible=False)
         gr.Button(visible=False).click(api_predict, [api_photo, api_prompt], api_out, api_name="predict")
         gr.api(api_feedback, api_name="feedback", concurrency_limit=None)
+        gr.api(api_delete, api_name="delete_my_data", concurrency_limit=None)
+        gr.api(admin_reload, api_name="admin_reload")
+        gr.api(admin_purge, api_name="admin_purge", concurrency_limit=None)
+        gr.Button(visible=False).click(admin_export, gr.Textbox(visible=False), gr.File(visible=False),
+                                       api_name="admin_export", concurrency_limit=None)
 
     demo.studio = studio
     return demo

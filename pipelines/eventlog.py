@@ -29,7 +29,7 @@ import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each migration: (version, description, statements). Never edit one that has shipped; add a new one.
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
@@ -67,12 +67,18 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             edited_caption VARCHAR
         )""",
     )),
+    (2, "stored image file and model precision", (
+        "ALTER TABLE predictions ADD COLUMN image_file VARCHAR",  # opt-in stored copy, see pipelines.privacy
+        "ALTER TABLE predictions ADD COLUMN classifier_precision VARCHAR",
+        "ALTER TABLE predictions ADD COLUMN captioner_precision VARCHAR",
+    )),
 )
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
     "id", "created_at", "image_sha256", "width", "height", "classifier", "classifier_revision",
     "captioner", "captioner_revision", "labels", "scores", "top1_label", "top1_score", "caption",
     "prompt", "intake_ms", "classify_ms", "caption_ms", "total_ms", "cached", "source", "session_id",
+    "image_file", "classifier_precision", "captioner_precision",
 )
 FEEDBACK_COLUMNS: tuple[str, ...] = (
     "id", "prediction_id", "created_at", "verdict", "corrected_label", "edited_caption",
@@ -237,6 +243,20 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict]
         con.unregister("incoming_rows")
 
 
+def delete_predictions(con: duckdb.DuckDBPyConnection, where: str, params: Sequence) -> tuple[list[str], int, list[str]]:
+    """Delete the predictions matching `where` and their feedback; returns their ids, feedback count, image names."""
+    doomed = con.execute(f"SELECT id, image_file FROM predictions WHERE {where}", list(params)).fetchall()
+    if not doomed:
+        return [], 0, []
+    ids = [row[0] for row in doomed]
+    con.execute("BEGIN")
+    feedback = con.execute("DELETE FROM feedback WHERE list_contains(?, prediction_id)", [ids]).fetchone()[0]
+    con.execute("DELETE FROM predictions WHERE list_contains(?, id)", [ids])
+    con.execute("COMMIT")
+    con.execute("CHECKPOINT")  # rewrite the table files now rather than at some later checkpoint
+    return ids, feedback, [row[1] for row in doomed if row[1]]
+
+
 def _to_json(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -398,21 +418,36 @@ class EventLog:
             self._remember(prediction_id)
         return bool(found)
 
+    def delete(self, where: str, params: Sequence) -> tuple[list[str], int, list[str]]:
+        """Delete predictions (and their feedback) matching a parameterised condition, pending ones included."""
+        self._drain_backlog()
+        with self._flush_lock:
+            self._flush_locked()
+            with writer(self.path) as con:
+                ids, feedback, images = delete_predictions(con, where, params)
+            for prediction_id in ids:
+                self._known.pop(prediction_id, None)
+                self._last_feedback.pop(prediction_id, None)
+        return ids, feedback, images
+
     def flush(self) -> int:
         """Move journal events into DuckDB now; returns how many were moved."""
         self._drain_backlog()
         with self._flush_lock:
-            pending = self._read_pending()
-            if pending.end == self._consumed:
-                return 0
-            with writer(self.path) as con:
-                con.execute("BEGIN")
-                insert_rows(con, "predictions", pending.predictions)
-                insert_rows(con, "feedback", pending.feedback)
-                con.execute("COMMIT")
-            self._consumed = pending.end
-            self._truncate_if_drained()
-            return len(pending.predictions) + len(pending.feedback)
+            return self._flush_locked()
+
+    def _flush_locked(self) -> int:
+        pending = self._read_pending()
+        if pending.end == self._consumed:
+            return 0
+        with writer(self.path) as con:
+            con.execute("BEGIN")
+            insert_rows(con, "predictions", pending.predictions)
+            insert_rows(con, "feedback", pending.feedback)
+            con.execute("COMMIT")
+        self._consumed = pending.end
+        self._truncate_if_drained()
+        return len(pending.predictions) + len(pending.feedback)
 
     # -- journal -----------------------------------------------------------------------------------
     def _append(self, table: str, row: dict) -> None:

@@ -11,7 +11,8 @@ from typing import Any, Callable, Hashable, Iterator
 from pipelines.caption import Captioner
 from pipelines.classify import Classifier
 from pipelines.eventlog import new_id, utcnow
-from pipelines.intake import Intake, Limits, load_image
+from pipelines.intake import Limits, load_image
+from pipelines.privacy import ImageStore
 
 
 class LRUCache:
@@ -47,8 +48,9 @@ class Recognizer:
     """Intake, classify, caption; the same image again is answered from the cache."""
 
     def __init__(self, classifier: Classifier, captioner: Captioner, limits: Limits = Limits(),
-                 top_k: int = 5, cache_size: int = 256):
+                 top_k: int = 5, cache_size: int = 256, store: ImageStore | None = None):
         self.classifier = classifier
+        self.store = store  # keeps a metadata-free copy of each image, only when the operator opts in
         self.captioner = captioner
         self.limits = limits
         self.top_k = top_k
@@ -58,8 +60,8 @@ class Recognizer:
     def models(self) -> dict:
         """Ids and revisions of both models."""
         return {
-            "classifier": {"id": self.classifier.model_id, "revision": self.classifier.revision},
-            "captioner": {"id": self.captioner.model_id, "revision": self.captioner.revision},
+            role: {"id": model.model_id, "revision": model.revision, "precision": getattr(model, "precision", None)}
+            for role, model in (("classifier", self.classifier), ("captioner", self.captioner))
         }
 
     def steps(self, source: Any, prompt: str | None = None, top_k: int | None = None) -> Iterator[dict]:
@@ -84,6 +86,7 @@ class Recognizer:
             "models": self.models(),
             "image": {"sha256": intake.sha256, "width": intake.width, "height": intake.height},
             "cached": labels_cached,
+            "image_file": self.store.save(intake.image) if self.store else None,
         }
         yield result
 
@@ -137,4 +140,7 @@ def prediction_row(result: dict, source: str, session_id: str | None = None) -> 
         "cached": result["cached"],
         "source": source,
         "session_id": session_id,
+        "image_file": result.get("image_file"),
+        "classifier_precision": models["classifier"].get("precision"),
+        "captioner_precision": models["captioner"].get("precision"),
     }

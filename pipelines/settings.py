@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = ROOT / "data" / "imagerec.duckdb"
+DEFAULT_IMAGES = ROOT / "data" / "images"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queue_size", 32, "Requests that may wait in the queue before new ones are refused as busy.", type=int),
     Setting("flush_interval", 0.25, "Seconds between moves of logged events from the journal into DuckDB.",
             type=float),
+    Setting("keep_images", False, "Keep uploaded images (EXIF and GPS stripped, generated names) in images_dir, "
+            "to retrain from feedback later; off by default.", type=_bool),
+    Setting("images_dir", str(DEFAULT_IMAGES), "Private folder for kept images."),
+    Setting("retention_days", 0.0, "Delete predictions, their feedback and kept images older than this many "
+            "days; 0 keeps them.", type=float),
+    Setting("rate_limit", 30, "Predictions one client may ask for per minute; 0 turns the limit off.", type=int),
+    Setting("admin_password", "", "Secret for admin actions (model reload, purge, export); empty allows them "
+            "from this machine only."),
     Setting("refresh_seconds", 5.0, "How often the dashboard re-reads the log; 0 turns it off.", type=float),
     Setting("dashboard_password", "", "Password for the dashboard; empty leaves it open.", ),
     Setting("fsync", True, "Force each logged event to disk before it is acknowledged.", type=_bool),
@@ -99,6 +108,11 @@ class Settings:
     concurrency: int
     queue_size: int
     flush_interval: float
+    keep_images: bool
+    images_dir: str
+    retention_days: float
+    rate_limit: int
+    admin_password: str
     refresh_seconds: float
     dashboard_password: str
     fsync: bool

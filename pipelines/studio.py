@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from datetime import timedelta
 from typing import Any, Iterator
 
 from pipelines.caption import Captioner
 from pipelines.classify import Classifier
-from pipelines.eventlog import EventLog
+from pipelines.eventlog import EventLog, utcnow
 from pipelines.intake import Limits
+from pipelines.privacy import Deleted, ImageStore
+from pipelines.ratelimit import RateLimiter
 from pipelines.recognizer import Recognizer, prediction_row
 from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 300
+RETENTION_CHECK_S = 3600.0
+
+
+class RequestRejected(ValueError):
+    """A request refused before any work, with one sentence saying why."""
 
 
 class Studio:
     """Predictions that are logged before they are answered, and feedback on them."""
 
-    def __init__(self, recognizer: Recognizer, log: EventLog):
+    def __init__(self, recognizer: Recognizer, log: EventLog, limiter: RateLimiter | None = None,
+                 retention_days: float = 0.0):
         self.recognizer = recognizer
         self.log = log
+        self.limiter = limiter or RateLimiter(0)
+        self.retention_days = retention_days
+        self._stop = threading.Event()
+        if retention_days > 0:
+            threading.Thread(target=self._retain, name="retention", daemon=True).start()
 
     @classmethod
     def from_settings(cls, config: Settings) -> "Studio":
@@ -29,9 +48,11 @@ class Studio:
                               device=config.device, max_new_tokens=config.caption_max_tokens)
         limits = Limits(max_bytes=int(config.max_upload_mb * 1_000_000), max_pixels=config.max_pixels,
                         min_side=config.min_side)
-        recognizer = Recognizer(classifier, captioner, limits, top_k=config.top_k, cache_size=config.cache_size)
+        store = ImageStore(config.images_dir) if config.keep_images else None
+        recognizer = Recognizer(classifier, captioner, limits, top_k=config.top_k, cache_size=config.cache_size,
+                                store=store)
         log = EventLog(config.db, flush_interval=config.flush_interval, fsync=config.fsync).open()
-        return cls(recognizer, log)
+        return cls(recognizer, log, RateLimiter(config.rate_limit), config.retention_days)
 
     def warm_up(self, background: bool = True) -> threading.Thread | None:
         """Load both models now, so the first visitor does not wait for it."""
@@ -57,8 +78,14 @@ class Studio:
         }
 
     def predict_steps(self, source: Any, prompt: str | None = None, origin: str = "api",
-                      session_id: str | None = None) -> Iterator[dict]:
+                      session_id: str | None = None, client: str | None = None) -> Iterator[dict]:
         """Yield labels first, then the complete result once it is in the log."""
+        if prompt and len(prompt) > MAX_PROMPT_CHARS:
+            raise RequestRejected(f"The caption prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+        wait = self.limiter.retry_after(client) if client else 0
+        if wait:
+            raise RequestRejected(f"Too many requests from your address: the limit is {self.limiter.per_minute} "
+                                  f"predictions a minute. Try again in {wait:.0f} s.")
         steps = self.recognizer.steps(source, prompt=prompt)
         yield next(steps)
         result = next(steps)
@@ -66,9 +93,9 @@ class Studio:
         yield result
 
     def predict(self, source: Any, prompt: str | None = None, origin: str = "api",
-                session_id: str | None = None) -> dict:
+                session_id: str | None = None, client: str | None = None) -> dict:
         """The complete result for one image, logged."""
-        *_, result = self.predict_steps(source, prompt=prompt, origin=origin, session_id=session_id)
+        *_, result = self.predict_steps(source, prompt=prompt, origin=origin, session_id=session_id, client=client)
         return result
 
     def feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
@@ -78,6 +105,34 @@ class Studio:
                                                  edited_caption=edited_caption)
         return {"id": feedback_id, "prediction_id": prediction_id, "recorded": True, "duplicate": not new}
 
+    def delete_data(self, session_id: str | None = None, prediction_id: str | None = None) -> Deleted:
+        """Delete a session's or one prediction's rows and kept images ("delete my data")."""
+        if not (session_id or prediction_id):
+            raise RequestRejected("Say whose data to delete: a session or a prediction id.")
+        where, params = ("session_id = ?", [session_id]) if session_id else ("id = ?", [prediction_id])
+        return self._delete(where, params)
+
+    def purge_older_than(self, days: float) -> Deleted:
+        """Delete predictions, their feedback and kept images older than `days`."""
+        return self._delete("created_at < ?", [utcnow() - timedelta(days=days)])
+
+    def _delete(self, where: str, params: list) -> Deleted:
+        ids, feedback, images = self.log.delete(where, params)
+        store = self.recognizer.store
+        return Deleted(len(ids), feedback, store.delete(images) if store else 0)
+
+    def _retain(self) -> None:
+        while True:
+            try:
+                deleted = self.purge_older_than(self.retention_days)
+                if deleted.predictions:
+                    log.info("retention: %s", deleted.sentence())
+            except Exception as exc:  # retried at the next round
+                log.warning("retention purge failed: %s", exc)
+            if self._stop.wait(RETENTION_CHECK_S):
+                return
+
     def close(self) -> None:
         """Write every pending event into the log."""
+        self._stop.set()
         self.log.close()
