@@ -164,7 +164,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             raise gr.Error("Pick the right label from the list first.")
         return record(current, history, f"👎 should be “{label}”", verdict="down", corrected_label=label)
 
-    def delete_my_data(request: gr.Request):
+    def forget_session(request: gr.Request):
         session = request.session_hash if request else None
         deleted = studio.delete_data(session_id=session)
         for path in uploads.pop(session, set()):
@@ -287,7 +287,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         up.click(thumbs_up, [current, history], [history, table, message, correction], **feedback)
         down.click(thumbs_down, [current, history], [history, table, message, correction], **feedback)
         correct.click(save_correction, [current, right_label, history], [history, table, message], **feedback)
-        forget.click(delete_my_data, None, [photo, history, table, labels, current, caption, verdict_row,
+        forget.click(forget_session, None, [photo, history, table, labels, current, caption, verdict_row,
                                             correction, message], **feedback)
 
         # Endpoints for programs (gradio_client): the UI above stays private.

@@ -85,6 +85,8 @@ FEEDBACK_COLUMNS: tuple[str, ...] = (
 )
 _COLUMNS = {"predictions": PREDICTION_COLUMNS, "feedback": FEEDBACK_COLUMNS}
 VERDICTS = ("up", "down")
+MAX_CAPTION_CHARS = 1000
+MAX_LABEL_CHARS = 200
 _ARROW_SCHEMAS: dict[str, pa.Schema] = {}
 
 LOCK_RETRY_S = 0.02
@@ -380,6 +382,12 @@ class EventLog:
         corrected_label = (corrected_label or "").strip() or None
         if edited_caption is not None and not edited_caption.strip():
             raise FeedbackRejected("The edited caption is empty.")
+        if edited_caption is not None and len(edited_caption) > MAX_CAPTION_CHARS:
+            raise FeedbackRejected(f"The edited caption is {len(edited_caption)} characters; "
+                                   f"the limit is {MAX_CAPTION_CHARS}.")
+        if corrected_label is not None and len(corrected_label) > MAX_LABEL_CHARS:
+            raise FeedbackRejected(f"The corrected label is {len(corrected_label)} characters; "
+                                   f"the limit is {MAX_LABEL_CHARS}.")
         if corrected_label and verdict is None:
             verdict = "down"  # a correction says the answer was wrong
         if verdict is None and corrected_label is None and edited_caption is None:
