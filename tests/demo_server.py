@@ -79,3 +79,24 @@ def demo_process(args: list[str], env: dict | None = None) -> Iterator[subproces
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextlib.contextmanager
+def streamlit_server(db: Path, refresh_seconds: float = 5.0, **env: str) -> Iterator[str]:
+    """`streamlit run dashboard/app.py` on a free port over the log at db; yields its URL."""
+    port = free_port()
+    environment = {**os.environ, "IMAGEREC_DB": str(db), "IMAGEREC_REFRESH_SECONDS": str(refresh_seconds), **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_http(url + "_stcore/health", process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
