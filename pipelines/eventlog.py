@@ -150,7 +150,7 @@ def _fresh(marker: Path) -> bool:
 def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
     """The log's schema version, 0 for an empty file, None for a database that is not a log."""
     try:  # the common case, in well under a millisecond
-        return con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0
+        return con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0] or 0
     except duckdb.CatalogException:
         pass
     tables = {r[0] for r in con.execute(
@@ -159,7 +159,7 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
         return 0
     if "schema_migrations" not in tables:
         return None
-    return con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0
+    return con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0] or 0
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:

@@ -12,7 +12,7 @@ EXPORT_SQL = """
 SELECT p.*, f.verdict, f.corrected_label, e.edited_caption
 FROM predictions p
 LEFT JOIN (SELECT prediction_id, arg_max(verdict, created_at) AS verdict,
-                  arg_max(corrected_label, created_at) FILTER (WHERE verdict IS NOT NULL) AS corrected_label
+                  arg_max_null(corrected_label, created_at) AS corrected_label
            FROM feedback WHERE verdict IS NOT NULL GROUP BY prediction_id) f ON f.prediction_id = p.id
 LEFT JOIN (SELECT prediction_id, arg_max(edited_caption, created_at) AS edited_caption
            FROM feedback WHERE edited_caption IS NOT NULL GROUP BY prediction_id) e ON e.prediction_id = p.id

@@ -124,7 +124,7 @@ def synthetic_tables(rows: int, seed: int = 0, end: datetime | None = None,
     corrected = np.array([LABELS[CONFUSED.get(i, (i + 1) % n_labels)] for i in top1], dtype=object)
     gives_label = (~up) & (rng.random(rows) < 0.7)
     edits = rng.random(rows) < 0.1
-    edited = np.array([f"{c} in the sun" if k % 2 else c.replace("a photo of", "my photo of")
+    edited = np.array([f"{c} in the sun" if k % 2 else c.replace("a ", "my ", 1)
                        for k, c in enumerate(captions)], dtype=object)
 
     v = np.flatnonzero(has_verdict)

@@ -278,3 +278,33 @@ def test_png_bytes_helper_makes_valid_images():
     buffer = io.BytesIO()
     Image.new("RGB", (20, 20)).save(buffer, "PNG")
     assert Image.open(io.BytesIO(buffer.getvalue())).size == (20, 20)
+
+
+@pytest.mark.browser
+def test_hostile_text_is_shown_escaped_in_the_dashboard(browser, tmp_path):
+    from tests.demo_server import streamlit_server
+
+    db = tmp_path / "log.duckdb"
+    with EventLog(db) as log:
+        for i, text in enumerate(HOSTILE):
+            pid = log.log_prediction(sample_row(i) | {"top1_label": text, "labels": [text, "tabby"], "caption": text})
+            log.log_feedback(pid, verdict="down", corrected_label=text)
+            log.log_feedback(pid, edited_caption=text + " (edited)")
+    with streamlit_server(db) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url)
+        page.locator(".stPlotlyChart").first.wait_for(timeout=60_000)
+        for tab in page.get_by_role("tab").all():
+            tab.click()
+            page.wait_for_timeout(1500)
+            assert page.evaluate("window.__xss === undefined"), f"a script ran on the {tab.inner_text()} tab"
+            assert page.title() != "pwned"
+            assert page.locator("img[src='x']").count() == 0
+            assert page.locator("[data-testid='stException']").count() == 0
+        page.close()
+    assert not dialogs
+
+
+from tests.browser import browser  # noqa: E402,F401  (fixture)

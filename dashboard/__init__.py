@@ -1,0 +1,1 @@
+"""The analytics dashboard over the imagerec prediction log: `streamlit run dashboard/app.py`."""

@@ -1,0 +1,331 @@
+"""Analytics over the live prediction log: `streamlit run dashboard/app.py` (reads IMAGEREC_DB like the demo)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import sys
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts dashboard/, not the repo root, on the path
+    sys.path.insert(0, str(ROOT))
+
+import duckdb  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from dashboard import charts, export, logfile, metrics, queries, stats  # noqa: E402
+from pipelines import eventlog, settings  # noqa: E402
+
+CONFIG = settings.from_env()  # the one place the dashboard reads the environment
+REFRESH = CONFIG.refresh_seconds if CONFIG.refresh_seconds > 0 else None
+CACHE = dict(ttl=REFRESH, max_entries=128, show_spinner=False)
+
+PERIODS = {"Last 24 hours": timedelta(days=1), "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30),
+           "All time": None, "Custom range": None}
+VERDICT_NAMES = {"up": "👍 thumbs up", "down": "👎 thumbs down", queries.VERDICT_NONE: "no verdict"}
+CHART_CONFIG = {"displaylogo": False}
+
+
+# -- cached reads: keyed on the log's size and mtime, so a committed write is seen on the next run ----
+
+@st.cache_data(**CACHE)
+def cached_state(_session: logfile.Session, path: str, signature: tuple) -> logfile.LogState:
+    return logfile.check(_session)
+
+
+@st.cache_data(**CACHE)
+def cached_context(_session: logfile.Session, path: str, signature: tuple) -> queries.Context:
+    return queries.context(_session.con)
+
+
+@st.cache_data(**CACHE)
+def cached_page(_session: logfile.Session, path: str, signature: tuple, page: str, filters: queries.Filters,
+                interval: str) -> dict:
+    return queries.PAGES[page](_session.con, filters, interval)
+
+
+# -- access --------------------------------------------------------------------------------------------
+
+def expected_password() -> str:
+    """The password from settings (IMAGEREC_DASHBOARD_PASSWORD), else from Streamlit secrets; empty = open."""
+    if CONFIG.dashboard_password:
+        return CONFIG.dashboard_password
+    try:
+        return str(st.secrets.get("dashboard_password") or "")
+    except FileNotFoundError:  # no secrets.toml at all
+        return ""
+
+
+def authorised() -> bool:
+    """Ask for the password once per session when one is set."""
+    expected = expected_password()
+    if not expected:
+        return True
+    # Remember a digest, not the password, so a changed password asks again.
+    token = hashlib.sha256(expected.encode()).hexdigest()
+    if st.session_state.get("authorised") == token:
+        return True
+    st.title("imagerec dashboard")
+    with st.form("login"):
+        given = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            st.session_state["authorised"] = token
+            st.rerun()
+        st.error("Wrong password.")
+    return False
+
+
+# -- sidebar -------------------------------------------------------------------------------------------
+
+def _ceil_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
+def window(period: str, ctx: queries.Context, days: tuple[date, ...]) -> tuple[datetime | None, datetime | None]:
+    """The [start, end) of a period; presets end at the hour after the newest logged prediction."""
+    if period == "All time":
+        return None, None
+    if period == "Custom range":
+        first = days[0] if days else ctx.oldest.date()
+        last = days[-1] if len(days) > 1 else first
+        return datetime.combine(first, time()), datetime.combine(last + timedelta(days=1), time())
+    end = _ceil_hour(ctx.newest)
+    return end - PERIODS[period], end
+
+
+def sidebar(ctx: queries.Context) -> tuple[queries.Filters, str, str]:
+    """The filters, which apply to every chart; returns them, the interval and a name for the window."""
+    with st.sidebar:
+        st.header("Filters")
+        period = st.selectbox("Date range (UTC)", list(PERIODS), index=1, key="period")
+        days: tuple[date, ...] = ()
+        if period == "Custom range":
+            oldest, newest = ctx.oldest.date(), ctx.newest.date()
+            picked = st.date_input("From – to", value=(max(oldest, newest - timedelta(days=6)), newest),
+                                   min_value=oldest, max_value=newest, key="days")
+            days = tuple(picked) if isinstance(picked, (tuple, list)) else (picked,)
+        versions = st.multiselect("Model version", ctx.versions, key="versions", placeholder="All versions",
+                                  format_func=lambda v: stats.version_label(*v))
+        labels = st.multiselect("Label (top-1)", ctx.labels, key="labels", placeholder="All labels")
+        verdicts = st.multiselect("Verdict", list(VERDICT_NAMES), key="verdicts", placeholder="Any verdict",
+                                  format_func=VERDICT_NAMES.get)
+        sources = st.multiselect("Source", ctx.sources, key="sources", placeholder="All sources",
+                                 format_func=lambda s: s or "(none)")
+        search = st.text_input("Caption contains", key="search")
+        interval = st.selectbox("Interval", ["auto", *queries.INTERVALS], key="interval")
+        start, end = window(period, ctx, days)
+        filters = queries.Filters(start=start, end=end, versions=tuple(versions), labels=tuple(labels),
+                                  verdicts=tuple(verdicts), sources=tuple(sources), search=search.strip())
+        if interval == "auto":
+            interval = queries.pick_interval(start or ctx.oldest, end or _ceil_hour(ctx.newest))
+        if start is None:
+            name = "all time"
+            st.caption("All time has no previous period to compare with.")
+        else:
+            span = (end - start).days
+            name = period.lower() if period != "Custom range" else f"{span} day{'s' if span != 1 else ''}"
+            st.caption(f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M} UTC, compared with the "
+                       f"{name.removeprefix('last ')} before. Presets end at the newest logged prediction.")
+    return filters, interval, name
+
+
+def sidebar_footer() -> None:
+    with st.sidebar:
+        st.divider()
+        every = f"every {REFRESH:g} s" if REFRESH else "off (IMAGEREC_REFRESH_SECONDS=0)"
+        st.caption(f"Log: `{CONFIG.db}`  \nAuto refresh: {every}")
+
+
+# -- pages ---------------------------------------------------------------------------------------------
+
+def plot(fig) -> None:
+    st.plotly_chart(fig, config=CHART_CONFIG)
+
+
+def show_overview(data: dict, window_name: str) -> None:
+    cards = metrics.overview_cards(data["summary"])
+    compare = "" if window_name == "all time" else f"vs previous {window_name.removeprefix('last ')}"
+    for row in (cards[:4], cards[4:]):
+        for column, card in zip(st.columns(4), row):
+            with column:
+                st.metric(card.label, card.value, card.delta, delta_color="inverse" if card.inverse else "normal",
+                          help=card.help, border=True, delta_description=compare if card.delta is not None else None)
+                if card.note:
+                    st.caption(card.note)
+    plot(charts.activity(data["trend"]))
+
+
+def show_accuracy(data: dict) -> None:
+    st.caption("Latest verdict per prediction. Thumbs-up rate = up / (up + down). Top-1 accuracy from corrected "
+               "labels counts a thumbs up, or a correction equal to the top-1 label, as right and any other thumbs "
+               "down as wrong. Bands are Wilson 95% intervals; the bars are the verdicts behind each point.")
+    table = data["by_version"]
+    if not table.empty:
+        st.dataframe(
+            table.assign(up=[f"{r:.1%} ({lo:.1%}–{hi:.1%})" for r, lo, hi in
+                             zip(table["up_rate"], table["up_rate_low"], table["up_rate_high"])],
+                         acc=[f"{r:.1%} ({lo:.1%}–{hi:.1%})" for r, lo, hi in
+                              zip(table["accuracy"], table["accuracy_low"], table["accuracy_high"])])
+            [["version", "n_verdict", "up", "acc", "n_corrected"]],
+            hide_index=True,
+            column_config={"version": "Model version",
+                           "n_verdict": st.column_config.NumberColumn("Verdicts", format="localized"),
+                           "up": "Thumbs-up rate (95% CI)", "acc": "Top-1 accuracy (95% CI)",
+                           "n_corrected": st.column_config.NumberColumn("Corrected labels", format="localized")})
+    plot(charts.rate_over_time(data["over_time"], "up_rate"))
+    plot(charts.rate_over_time(data["over_time"], "accuracy"))
+
+
+def show_classes(data: dict) -> None:
+    left, right = st.columns(2)
+    with left:
+        plot(charts.top_labels(data["top_labels"]))
+    with right:
+        plot(charts.confused_pairs(data["pairs"]))
+    plot(charts.confusion_heatmap(data["pairs"]))
+
+
+def show_performance(data: dict) -> None:
+    st.caption("Cache hits skip the models, so they are left out of the classify and caption percentiles "
+               "(they count in intake and total).")
+    plot(charts.latency_over_time(data["over_time"]))
+    plot(charts.requests_over_time(data["over_time"]))
+
+
+def show_confidence(data: dict) -> None:
+    table = data["reliability"]
+    ece = stats.calibration_error(table)
+    if table.empty:
+        st.caption("No verdicts yet, so there is nothing to check the confidences against.")
+    else:
+        st.caption(f"Points on the dotted diagonal mean a score of x is thumbs-up x of the time. The expected "
+                   f"calibration error (ECE) is {ece:.1%}: the count-weighted gap between confidence and the observed "
+                   "thumbs-up rate; whiskers are Wilson 95% intervals.")
+    left, right = st.columns(2)
+    with left:
+        plot(charts.confidence_histogram(data["bins"]))
+    with right:
+        plot(charts.reliability_diagram(table))
+
+
+def show_captions(data: dict) -> None:
+    summary = data["summary"].iloc[0]
+    n, n_edited = int(summary["n"]), int(summary["n_edited"])
+    cols = st.columns(3)
+    cols[0].metric("Edited captions", f"{n_edited:,}", border=True)
+    if n_edited:
+        cols[0].caption(f"{int(summary['n_unchanged']):,} of them identical to the original")
+    cols[1].metric("Caption-edit rate", f"{n_edited / n:.1%}" if n else "–", border=True)
+    cols[2].metric("Median change", "–" if not n_edited else f"{summary['median_change']:.0%}", border=True,
+                   help="Edit distance over the longer caption's length: 0% unchanged, 100% rewritten.")
+    left, right = st.columns(2)
+    with left:
+        plot(charts.edit_size_histogram(data["change_hist"]))
+    with right:
+        plot(charts.most_edited_labels(data["labels"]))
+    st.subheader("Original vs edited", divider="orange")
+    st.dataframe(data["examples"], hide_index=True, column_config={
+        "created_at": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm"),
+        "label": "Top-1 label", "caption": "Original caption", "edited_caption": "Edited caption",
+        "change": st.column_config.ProgressColumn("Changed", min_value=0.0, max_value=1.0, format="percent")})
+
+
+def _builder(path: str, filters: queries.Filters, fmt: str):
+    """A callable for st.download_button: runs the export query only when someone clicks."""
+    def build() -> bytes:
+        with eventlog.reader(path) as con:
+            table = queries.export(con, filters, fmt)
+        return export.to_csv(table) if fmt == "csv" else export.to_parquet(table)
+    return build
+
+
+def show_recent(data: dict, filters: queries.Filters) -> None:
+    total = int(data["count"]["n"].iloc[0])
+    shown = len(data["rows"])
+    st.caption(f"The {shown:,} newest of {total:,} predictions matching the filters.")
+    st.dataframe(data["rows"], hide_index=True, height=480, column_config={
+        "created_at": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        "version": "Model version", "top1_label": "Top-1 label",
+        "top1_score": st.column_config.NumberColumn("Score", format="%.3f"), "verdict": "Verdict",
+        "corrected_label": "Corrected label", "caption": "Caption", "edited_caption": "Edited caption",
+        "total_ms": st.column_config.NumberColumn("Total ms", format="%.0f"), "source": "Source",
+        "id": "Prediction id"})
+    exported = min(total, queries.EXPORT_LIMIT)
+    left, right, _ = st.columns([1, 1, 3])
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    left.download_button("Download CSV", _builder(CONFIG.db, filters, "csv"),
+                         file_name=f"imagerec-predictions-{stamp}.csv", mime="text/csv", on_click="ignore",
+                         icon=":material/download:", disabled=not total, key="csv")
+    right.download_button("Download Parquet", _builder(CONFIG.db, filters, "parquet"),
+                          file_name=f"imagerec-predictions-{stamp}.parquet", mime="application/vnd.apache.parquet",
+                          on_click="ignore", icon=":material/download:", disabled=not total, key="parquet")
+    if total > queries.EXPORT_LIMIT:
+        st.caption(f"Downloads hold the newest {queries.EXPORT_LIMIT:,} of the {total:,} matching rows, with every "
+                   "column; narrow the filters (date range, version, label) to export older ones.")
+    else:
+        st.caption(f"Downloads hold all {exported:,} matching rows with every column.")
+
+
+# -- layout --------------------------------------------------------------------------------------------
+
+@st.fragment(run_every=REFRESH)
+def live() -> None:
+    """Everything that follows the log: re-run on its own every REFRESH seconds."""
+    path = CONFIG.db
+    signature = logfile.signature(path)
+    try:
+        with logfile.Session(path) as session:
+            state = cached_state(session, path, signature)
+            if not state.ok:
+                (st.info if state.blank else st.error)(state.message)
+                return
+            ctx = cached_context(session, path, signature)
+            if not ctx.predictions:  # emptied since the check, e.g. by a retention purge
+                st.info(logfile.EMPTY)
+                return
+            filters, interval, window_name = sidebar(ctx)
+            st.caption(f"{ctx.predictions:,} predictions and {ctx.feedback:,} feedback events in the log · newest "
+                       f"{ctx.newest:%Y-%m-%d %H:%M:%S} UTC · read at {eventlog.utcnow():%H:%M:%S} UTC")
+            names = list(queries.PAGES)
+            tabs = st.tabs(names, key="tab", on_change="rerun")
+            # Only the open tab's queries run; the others render when picked.
+            page = next((name for name, tab in zip(names, tabs) if tab.open), names[0])
+            data = cached_page(session, path, signature, page, filters, interval)
+    except (duckdb.Error, eventlog.LogError) as exc:
+        if not logfile.is_busy(exc):
+            raise
+        again = f"trying again in {REFRESH:g} s" if REFRESH else "reload the page to try again"
+        st.warning(f"The log is busy (the demo is writing); {again}.")
+        return
+    with tabs[names.index(page)]:
+        if page == "Overview":
+            show_overview(data, window_name)
+        elif page == "Accuracy":
+            show_accuracy(data)
+        elif page == "Classes":
+            show_classes(data)
+        elif page == "Performance":
+            show_performance(data)
+        elif page == "Confidence":
+            show_confidence(data)
+        elif page == "Captions":
+            show_captions(data)
+        else:
+            show_recent(data, filters)
+
+
+def main() -> None:
+    st.set_page_config(page_title="imagerec dashboard", page_icon="📊", layout="wide")
+    if not authorised():
+        return
+    st.sidebar.title("imagerec")  # the fragment writes into the sidebar, which needs a write from the full run
+    st.title("Predictions dashboard")
+    live()
+    sidebar_footer()
+
+
+main()

@@ -1,0 +1,390 @@
+"""Every query the dashboard runs: parameterised, aggregated in DuckDB, returning small DataFrames.
+
+Each page function takes an open read-only connection and a Filters value and returns a dict of
+DataFrames; the app opens one connection per page render and runs one page function on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Callable
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from dashboard import stats
+
+INTERVALS = ("hour", "day", "week")
+VERDICT_NONE = "none"
+VERDICT_CHOICES = ("up", "down", VERDICT_NONE)
+TOP_LABELS = 20
+TOP_PAIRS = 300
+TOP_EDITED = 15
+EDIT_EXAMPLES = 200
+RECENT_LIMIT = 500
+EXPORT_LIMIT = 100_000
+CONFIDENCE_BINS = 20
+# Feedback is always logged after its prediction, so a window's feedback starts at the window's
+# start; the slack covers a clock step between the two events.
+FEEDBACK_SLACK = timedelta(hours=1)
+
+Version = tuple[str, "str | None"]  # (classifier, classifier_revision)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The sidebar's choices; empty tuples mean 'all'. Times are naive UTC, end exclusive."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    versions: tuple[Version, ...] = ()
+    labels: tuple[str, ...] = ()
+    verdicts: tuple[str, ...] = ()  # 'up', 'down' and/or 'none' (no verdict yet)
+    sources: tuple[str | None, ...] = ()
+    search: str = ""  # caption contains, case-insensitive
+
+    def previous(self) -> Filters | None:
+        """The same filters over the same-length window just before this one."""
+        if self.start is None or self.end is None:
+            return None
+        return replace(self, start=self.start - (self.end - self.start), end=self.start)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the sidebar needs: the log's extent and the values each filter can take."""
+
+    oldest: datetime | None
+    newest: datetime | None
+    predictions: int
+    feedback: int
+    versions: tuple[Version, ...] = ()
+    sources: tuple[str | None, ...] = ()
+    labels: tuple[str, ...] = ()
+
+
+def pick_interval(start: datetime | None, end: datetime | None) -> str:
+    """A bucket size that gives a readable number of points for a window."""
+    if start is None or end is None:
+        return "day"
+    span = end - start
+    if span <= timedelta(days=3):
+        return "hour"
+    return "day" if span <= timedelta(days=120) else "week"
+
+
+# -- building blocks -------------------------------------------------------------------------------
+
+def _in(column: str, values: tuple, clauses: list[str], params: list) -> None:
+    present = [v for v in values if v is not None]
+    parts = []
+    if present:
+        parts.append(f"{column} IN ({', '.join('?' for _ in present)})")
+        params.extend(present)
+    if len(present) < len(values):
+        parts.append(f"{column} IS NULL")
+    clauses.append("(" + " OR ".join(parts) + ")")
+
+
+def _where(f: Filters) -> tuple[str, list]:
+    """The WHERE clause over predictions `p` (and `fb` when filtering by verdict)."""
+    clauses: list[str] = []
+    params: list = []
+    if f.start is not None:
+        clauses.append("p.created_at >= ?")
+        params.append(f.start)
+    if f.end is not None:
+        clauses.append("p.created_at < ?")
+        params.append(f.end)
+    if f.versions:
+        clauses.append("(" + " OR ".join(
+            "(p.classifier = ? AND p.classifier_revision IS NOT DISTINCT FROM ?)" for _ in f.versions) + ")")
+        for classifier, revision in f.versions:
+            params.extend([classifier, revision])
+    if f.labels:
+        _in("p.top1_label", f.labels, clauses, params)
+    if f.sources:
+        _in("p.source", f.sources, clauses, params)
+    if f.search.strip():
+        clauses.append("contains(lower(p.caption), ?)")
+        params.append(f.search.strip().lower())
+    if f.verdicts:
+        _in("fb.verdict", tuple(None if v == VERDICT_NONE else v for v in f.verdicts), clauses, params)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _latest_feedback(f: Filters, need: set[str], ids_from: str | None = None) -> tuple[str, list]:
+    """Latest verdict (with its corrected label) and latest edited caption per prediction."""
+    columns = ["prediction_id"]
+    if need & {"verdict", "corrected_label"}:
+        # arg_max_null: a later verdict without a label clears an earlier correction (arg_max would skip
+        # the NULL and keep it). Ties on created_at are left to chance: they need the same microsecond.
+        columns.append("arg_max(verdict, created_at) FILTER (WHERE verdict IS NOT NULL) AS verdict")
+        columns.append("arg_max_null(corrected_label, created_at) FILTER (WHERE verdict IS NOT NULL) "
+                       "AS corrected_label")
+    if "edited_caption" in need:
+        columns.append("arg_max(edited_caption, created_at) FILTER (WHERE edited_caption IS NOT NULL) "
+                       "AS edited_caption")
+    elif "edited" in need:  # whether there is an edit at all, without carrying the caption text
+        columns.append("bool_or(edited_caption IS NOT NULL) AS edited")
+    clauses, params = [], []
+    if ids_from:
+        clauses.append(f"prediction_id IN (SELECT id FROM {ids_from})")
+    elif f.start is not None:
+        clauses.append("created_at >= ?")
+        params.append(f.start - FEEDBACK_SLACK)
+    edits = need & {"edited_caption", "edited"}
+    if not need - edits:
+        clauses.append("edited_caption IS NOT NULL")
+    elif not edits:
+        clauses.append("verdict IS NOT NULL")
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    return f"SELECT {', '.join(columns)} FROM feedback{where} GROUP BY prediction_id", params
+
+
+def _relation(f: Filters, columns: str, feedback: tuple[str, ...] = (), inner: bool = False) -> tuple[str, list]:
+    """A subquery of the filtered predictions `p`, with their latest feedback `fb` joined if needed."""
+    need = set(feedback) | ({"verdict"} if f.verdicts else set())
+    where, params = _where(f)
+    if not need:
+        return f"(SELECT {columns} FROM predictions p{where})", params
+    fb_sql, fb_params = _latest_feedback(f, need)
+    join = "JOIN" if inner else "LEFT JOIN"
+    return (f"(SELECT {columns} FROM predictions p {join} ({fb_sql}) fb ON fb.prediction_id = p.id{where})",
+            fb_params + params)
+
+
+# fetchall() rather than fetchone(): DuckDB 2 keeps a result that was not read to the end open, and then
+# refuses the relational API (con.sql) on that connection.
+def _df(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pd.DataFrame:
+    return con.execute(sql, params or []).df()
+
+
+def _bucket(interval: str) -> str:
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, not {interval!r}")
+    return f"date_trunc('{interval}', created_at)"
+
+
+# -- sidebar ---------------------------------------------------------------------------------------
+
+def context(con: duckdb.DuckDBPyConnection) -> Context:
+    """The log's extent and the distinct versions, sources and labels, most common first."""
+    oldest, newest, n = con.execute("SELECT min(created_at), max(created_at), count(*) FROM predictions").fetchall()[0]
+    n_feedback = con.execute("SELECT count(*) FROM feedback").fetchall()[0][0]
+    groups = con.execute("""
+        SELECT GROUPING(source) AS by_version, classifier, classifier_revision, source,
+               min(created_at) AS first_seen, count(*) AS n
+        FROM predictions GROUP BY GROUPING SETS ((classifier, classifier_revision), (source))
+        ORDER BY first_seen""").fetchall()
+    versions = tuple((c, r) for by_version, c, r, _, _, _ in groups if by_version)
+    sources = tuple(s for by_version, _, _, s, _, _ in sorted(groups, key=lambda g: -g[5]) if not by_version)
+    labels = con.execute("""
+        SELECT top1_label, count(*) AS n FROM predictions WHERE top1_label IS NOT NULL
+        GROUP BY ALL ORDER BY n DESC, top1_label LIMIT 2000""").fetchall()
+    return Context(oldest, newest, n, n_feedback, versions, sources, tuple(label for label, _ in labels))
+
+
+# -- pages -----------------------------------------------------------------------------------------
+
+def overview(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """Headline numbers for the window and the window before it, and a per-interval trend."""
+    prev = f.previous()
+    wide = replace(f, start=prev.start) if prev else f
+    period = "CASE WHEN created_at >= ? THEN 'current' ELSE 'previous' END" if f.start is not None else "'current'"
+    period_params = [f.start] if f.start is not None else []
+    # Counts that need no feedback come from predictions alone; the join with feedback is the
+    # expensive part, so only predictions that have feedback go through it (an inner join).
+    # A 64-bit hash of the sha256 counts distinct images exactly in practice, for less than the string.
+    rel, params = _relation(wide, "p.created_at, p.image_sha256, p.total_ms")
+    summary = _df(con, f"""
+        SELECT {period} AS period, count(*) AS n, count(DISTINCT hash(image_sha256)) AS images,
+               quantile_cont(total_ms, 0.5) AS p50_ms, quantile_cont(total_ms, 0.95) AS p95_ms
+        FROM {rel} GROUP BY ALL""", period_params + params)
+    rel, params = _relation(wide, "p.created_at, fb.verdict, fb.edited",
+                            feedback=("verdict", "edited"), inner=True)
+    feedback = _df(con, f"""
+        SELECT {period} AS period, {_bucket(interval)} AS bucket, count(verdict) AS n_verdict,
+               count(*) FILTER (WHERE verdict = 'up') AS n_up, count(*) FILTER (WHERE edited) AS n_edited
+        FROM {rel} GROUP BY ALL""", period_params + params)
+    rel, params = _relation(f, "p.created_at")
+    trend = _df(con, f"SELECT {_bucket(interval)} AS bucket, count(*) AS n FROM {rel} GROUP BY ALL", params)
+
+    counts = ["n", "images", "n_verdict", "n_up", "n_edited"]
+    by_period = feedback.groupby("period")[["n_verdict", "n_up", "n_edited"]].sum()
+    summary = (summary.set_index("period").join(by_period).reindex(["current", "previous"])
+               .rename_axis("period").reset_index())
+    summary[counts] = summary[counts].fillna(0).astype("int64")
+    current = feedback[feedback["period"] == "current"].groupby("bucket")[["n_verdict", "n_up"]].sum()
+    trend = trend.set_index("bucket").join(current).fillna(0).astype("int64").sort_index().reset_index()
+    return {"summary": summary, "trend": stats.add_rate(trend, "up_rate", "n_up", "n_verdict")}
+
+
+def accuracy(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """Thumbs-up rate and top-1 accuracy per interval and model version, with their counts."""
+    rel, params = _relation(f, "p.created_at, p.classifier, p.classifier_revision, p.top1_label, fb.verdict, "
+                               "fb.corrected_label", feedback=("verdict",), inner=True)
+    df = _df(con, f"""
+        SELECT {_bucket(interval)} AS bucket, classifier, classifier_revision,
+               count(verdict) AS n_verdict, count(*) FILTER (WHERE verdict = 'up') AS n_up,
+               count(*) FILTER (WHERE verdict = 'up' OR corrected_label = top1_label) AS n_correct,
+               count(corrected_label) AS n_corrected
+        FROM {rel} GROUP BY ALL ORDER BY bucket, classifier, classifier_revision""", params)
+    df = stats.add_version(df)
+    df = stats.add_rate(df, "up_rate", "n_up", "n_verdict")
+    df = stats.add_rate(df, "accuracy", "n_correct", "n_verdict")
+    totals = df.groupby("version", as_index=False, sort=False)[["n_verdict", "n_up", "n_correct", "n_corrected"]].sum()
+    totals = stats.add_rate(totals, "up_rate", "n_up", "n_verdict")
+    totals = stats.add_rate(totals, "accuracy", "n_correct", "n_verdict")
+    return {"over_time": df, "by_version": totals}
+
+
+def classes(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """The most predicted labels, and predicted vs corrected labels on thumbs down."""
+    rel, params = _relation(f, "p.top1_label")
+    top = _df(con, f"""
+        SELECT top1_label AS label, count(*) AS n FROM {rel}
+        GROUP BY ALL ORDER BY n DESC, label LIMIT {TOP_LABELS}""", params)
+    rel, params = _relation(f, "p.top1_label, fb.verdict, fb.corrected_label", feedback=("verdict",), inner=True)
+    pairs = _df(con, f"""
+        SELECT top1_label AS predicted, corrected_label AS corrected, count(*) AS n FROM {rel}
+        WHERE verdict = 'down' AND corrected_label IS NOT NULL
+        GROUP BY ALL ORDER BY n DESC, predicted, corrected LIMIT {TOP_PAIRS}""", params)
+    return {"top_labels": top, "pairs": pairs}
+
+
+STAGES = ("intake", "classify", "caption", "total")
+
+
+def performance(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """Latency p50/p95 per stage, interval and model version, and requests per interval."""
+    rel, params = _relation(f, "p.created_at, p.classifier, p.classifier_revision, p.intake_ms, p.classify_ms, "
+                               "p.caption_ms, p.total_ms, coalesce(p.cached, false) AS cached")
+    # Cache hits skip the models, so they would drag the model stages' percentiles towards zero.
+    df = _df(con, f"""
+        SELECT {_bucket(interval)} AS bucket, classifier, classifier_revision, count(*) AS n,
+               count(*) FILTER (WHERE cached) AS n_cached,
+               quantile_cont(intake_ms, [0.5, 0.95]) AS intake,
+               quantile_cont(classify_ms, [0.5, 0.95]) FILTER (WHERE NOT cached) AS classify,
+               quantile_cont(caption_ms, [0.5, 0.95]) FILTER (WHERE NOT cached) AS caption,
+               quantile_cont(total_ms, [0.5, 0.95]) AS total
+        FROM {rel} GROUP BY ALL ORDER BY bucket, classifier, classifier_revision""", params)
+    df = stats.add_version(df)
+    for stage in STAGES:
+        values = [v if isinstance(v, (list, tuple, np.ndarray)) and len(v) == 2 else (np.nan, np.nan)
+                  for v in df.pop(stage)]  # NULL where a stage has no rows (all cache hits, or no timings)
+        df[f"{stage}_p50"] = [float(v[0]) if v[0] is not None else np.nan for v in values]
+        df[f"{stage}_p95"] = [float(v[1]) if v[1] is not None else np.nan for v in values]
+    return {"over_time": df}
+
+
+def confidence(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """Top-1 scores in fine bins with their verdict counts, and the reliability table built from them."""
+    rel, params = _relation(f, "p.top1_score, fb.verdict", feedback=("verdict",))
+    bins = _df(con, f"""
+        SELECT least(floor(top1_score * {CONFIDENCE_BINS}), {CONFIDENCE_BINS - 1}) / {CONFIDENCE_BINS} AS bin_low,
+               count(*) AS n, count(verdict) AS n_verdict, count(*) FILTER (WHERE verdict = 'up') AS n_up,
+               count(*) FILTER (WHERE verdict = 'down') AS n_down,
+               coalesce(sum(top1_score) FILTER (WHERE verdict IS NOT NULL), 0) AS score_sum_verdict
+        FROM {rel} WHERE top1_score IS NOT NULL GROUP BY ALL ORDER BY bin_low""", params)
+    bins["bin_high"] = bins["bin_low"] + 1.0 / CONFIDENCE_BINS
+    return {"bins": bins, "reliability": stats.reliability(bins)}
+
+
+def captions(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """Edited captions against the originals: how much they change, and for which labels."""
+    rel, params = _relation(f, "p.top1_label")
+    totals = _df(con, f"SELECT top1_label AS label, count(*) AS n FROM {rel} GROUP BY ALL", params)
+    rel, params = _relation(f, "p.created_at, p.id, p.top1_label, p.caption, fb.edited_caption",
+                            feedback=("edited_caption",), inner=True)
+    # Share of characters changed: the edit distance over the longer of the two captions.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE page_edits AS
+        SELECT created_at, id, top1_label AS label, caption, edited_caption,
+               CASE WHEN caption = edited_caption THEN 0.0  -- levenshtein is the page's dearest step
+                    ELSE levenshtein(coalesce(caption, ''), edited_caption)
+                         / greatest(length(coalesce(caption, '')), length(edited_caption), 1) END AS change
+        FROM {rel} WHERE edited_caption IS NOT NULL""", params)
+    summary = _df(con, """
+        SELECT count(*) AS n_edited, avg(change) AS mean_change, median(change) AS median_change,
+               count(*) FILTER (WHERE change = 0) AS n_unchanged FROM page_edits""")
+    summary.insert(0, "n", int(totals["n"].sum()))
+    change_hist = _df(con, """
+        SELECT least(floor(change * 10), 9) / 10 AS bin_low, count(*) AS n
+        FROM page_edits GROUP BY ALL ORDER BY bin_low""")
+    edited = _df(con, """
+        SELECT label, count(*) AS n_edited, avg(change) AS mean_change FROM page_edits GROUP BY ALL""")
+    labels = edited.merge(totals, on="label", how="left")
+    labels = stats.add_rate(labels, "edit_rate", "n_edited", "n")
+    labels = labels.sort_values(["n_edited", "label"], ascending=[False, True]).head(TOP_EDITED).reset_index(drop=True)
+    examples = _df(con, f"""
+        SELECT created_at, label, caption, edited_caption, change FROM page_edits
+        ORDER BY created_at DESC, id LIMIT {EDIT_EXAMPLES}""")
+    con.execute("DROP TABLE page_edits")
+    return {"summary": summary, "change_hist": change_hist, "labels": labels, "examples": examples}
+
+
+TABLE_COLUMNS = ("p.created_at, p.id, p.top1_label, p.top1_score, p.caption, p.classifier, p.classifier_revision, "
+                 "p.source, p.total_ms")
+TABLE_ORDER = ["created_at", "top1_label", "top1_score", "verdict", "corrected_label", "caption", "edited_caption",
+               "version", "total_ms", "source", "id"]
+EXPORT_COLUMNS = ("p.id, p.created_at, p.image_sha256, p.width, p.height, p.classifier, p.classifier_revision, "
+                  "p.captioner, p.captioner_revision, p.labels, p.scores, p.top1_label, p.top1_score, p.caption, "
+                  "p.prompt, p.intake_ms, p.classify_ms, p.caption_ms, p.total_ms, p.cached, p.source, p.session_id")
+# CSV has no lists; JSON arrays keep labels that contain commas ("tabby, tabby cat") readable.
+EXPORT_COLUMNS_CSV = EXPORT_COLUMNS.replace("p.labels, p.scores",
+                                            "to_json(p.labels) AS labels, to_json(p.scores) AS scores")
+TABLE_ORDER = ["created_at", "top1_label", "top1_score", "verdict", "corrected_label", "caption", "edited_caption",
+               "version", "total_ms", "source", "id"]
+EXPORT_COLUMNS = ("p.id, p.created_at, p.image_sha256, p.width, p.height, p.classifier, p.classifier_revision, "
+                  "p.captioner, p.captioner_revision, p.labels, p.scores, p.top1_label, p.top1_score, p.caption, "
+                  "p.prompt, p.intake_ms, p.classify_ms, p.caption_ms, p.total_ms, p.cached, p.source, p.session_id")
+
+
+def _rows_sql(f: Filters, limit: int, columns: str) -> tuple[str, list]:
+    rel, params = _relation(f, columns)
+    fb_sql, _ = _latest_feedback(f, {"verdict", "edited_caption"}, ids_from="newest")
+    return f"""
+        WITH newest AS MATERIALIZED (SELECT * FROM {rel} r ORDER BY created_at DESC, id LIMIT {int(limit)})
+        SELECT newest.*, fb.verdict, fb.corrected_label, fb.edited_caption
+        FROM newest LEFT JOIN ({fb_sql}) fb ON fb.prediction_id = newest.id
+        ORDER BY created_at DESC, id""", params
+
+
+def rows(con: duckdb.DuckDBPyConnection, f: Filters, limit: int, columns: str = TABLE_COLUMNS) -> pd.DataFrame:
+    """The newest `limit` filtered predictions with their latest verdict, correction and edited caption."""
+    return _df(con, *_rows_sql(f, limit, columns))
+
+
+def count(con: duckdb.DuckDBPyConnection, f: Filters) -> int:
+    """How many predictions match the filters."""
+    rel, params = _relation(f, "1 AS one")
+    return con.execute(f"SELECT count(*) FROM {rel}", params).fetchall()[0][0]
+
+
+def recent(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """The newest filtered predictions for the table, and how many match in all."""
+    table = stats.add_version(rows(con, f, RECENT_LIMIT))[TABLE_ORDER]
+    return {"rows": table, "count": pd.DataFrame({"n": [count(con, f)]})}
+
+
+def export(con: duckdb.DuckDBPyConnection, f: Filters, fmt: str = "parquet", limit: int = EXPORT_LIMIT):
+    """Every filtered prediction (newest first, at most `limit`) with all its columns, as an Arrow table."""
+    columns = EXPORT_COLUMNS_CSV if fmt == "csv" else EXPORT_COLUMNS
+    # Arrow all the way to the file: pandas would turn each list into a Python object.
+    sql, params = _rows_sql(f, limit, columns)
+    return con.sql(sql, params=params).to_arrow_table()
+
+
+Page = Callable[[duckdb.DuckDBPyConnection, Filters, str], dict[str, pd.DataFrame]]
+PAGES: dict[str, Page] = {
+    "Overview": overview,
+    "Accuracy": accuracy,
+    "Classes": classes,
+    "Performance": performance,
+    "Confidence": confidence,
+    "Captions": captions,
+    "Recent": recent,
+}
