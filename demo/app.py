@@ -173,7 +173,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                 deleted.uploads += 1
             except FileNotFoundError:
                 pass
-        return None, [], [], [], None, "", gr.Row(visible=False), gr.Group(visible=False), deleted.sentence()
+        return None, [], [], None, None, "", gr.Row(visible=False), gr.Group(visible=False), deleted.sentence()
 
     def api_predict(photo: str | None, prompt: str | None = None, request: gr.Request = None) -> dict:
         if not photo:

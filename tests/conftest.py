@@ -35,3 +35,7 @@ def hf_offline(monkeypatch):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: large models; run only with IMAGEREC_SLOW=1")
+
+
+# One Chromium for the whole run: a second Playwright instance in the same thread cannot start.
+from tests.browser import browser  # noqa: E402,F401

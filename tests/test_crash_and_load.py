@@ -159,5 +159,3 @@ def test_16_clients_for_60s_while_the_dashboard_refreshes_every_second(browser, 
     assert len(counts) == len(set(ids)), "nothing is logged that was not answered"
     assert all("queue is full" in b[0].lower() for b in busy)
 
-
-from tests.browser import browser  # noqa: E402,F401  (fixture)

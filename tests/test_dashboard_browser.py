@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from pipelines import eventlog, seed
-from tests.browser import browser, screenshot_path  # noqa: F401
+from tests.browser import screenshot_path
 
 pytestmark = pytest.mark.browser
 

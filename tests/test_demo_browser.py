@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
 from pipelines import eventlog
-from tests.browser import browser, screenshot_path  # noqa: F401  (fixture)
+from tests.browser import screenshot_path
 from tests.demo_server import PHOTOS, launched, test_settings
 
 pytestmark = pytest.mark.browser
@@ -75,3 +76,35 @@ def test_upload_edit_and_correct_in_the_browser(browser, tiny_classifier_dir, ti
         assert feedback.edited_caption.tolist()[0] == edited
         assert feedback.verdict.tolist()[1:] == ["down", "down"]
         assert feedback.corrected_label.tolist()[2] == wanted
+
+
+def test_delete_my_data_in_the_browser_leaves_no_row_or_copy(browser, tiny_classifier_dir, tiny_captioner_dir,
+                                                             tmp_path):
+    from gradio.utils import get_upload_folder
+
+    photo = tmp_path / "my-own-photo.jpg"
+    photo.write_bytes(_photo().read_bytes())
+    db = tmp_path / "log.duckdb"
+    config = test_settings(tiny_classifier_dir, tiny_captioner_dir, db, keep_images=True,
+                           images_dir=str(tmp_path / "kept"))
+    with launched(config) as (demo, url):
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            page.goto(url)
+            page.locator("#photo input[type=file]").set_input_files(str(photo))
+            page.wait_for_function("el => el.value.length > 0", arg=page.locator("#caption textarea").element_handle(),
+                                   timeout=60_000)
+            page.locator("#thumbs-up").click()
+            page.locator("#message").get_by_text("Thanks").wait_for()
+            assert any(Path(get_upload_folder()).rglob(photo.name)), "the upload should be cached while in use"
+            assert len(_rows(db, "SELECT id FROM predictions", [], 1)) == 1
+            page.locator("#delete-my-data").click()
+            message = page.locator("#message")
+            message.get_by_text("Deleted 1 prediction(s), 1 feedback row(s), 1 kept image(s)").wait_for()
+            expect(message).to_contain_text("1 uploaded copy(ies)")
+        finally:
+            page.close()
+    assert not len(eventlog.query(db, "SELECT id FROM predictions"))
+    assert not len(eventlog.query(db, "SELECT id FROM feedback"))
+    assert not list((tmp_path / "kept").iterdir())
+    assert not any(Path(get_upload_folder()).rglob(photo.name)), "a cached copy of the upload is left"

@@ -251,3 +251,22 @@ def test_sigkill_during_a_write_burst_loses_no_acknowledged_event(tmp_path):
     found = set(eventlog.query(db, "SELECT id FROM predictions").id)
     print(f"\nacknowledged before 3 SIGKILLs: {len(acked)}; found after restart: {len(found)}")
     assert acked and set(acked) <= found
+
+
+def test_a_version_1_log_is_migrated_in_place(tmp_path):
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL, "
+                "description VARCHAR)")
+    version, description, statements = eventlog.MIGRATIONS[0]
+    for sql in statements:
+        con.execute(sql)
+    con.execute("INSERT INTO schema_migrations VALUES (?, now(), ?)", [version, description])
+    con.execute("INSERT INTO predictions (id, created_at, image_sha256, top1_label) VALUES ('old', now(), 'ab', 'tabby')")
+    con.close()
+    with EventLog(db) as log:
+        log.log_prediction(sample_row(1) | {"classifier_precision": "int8"})
+    with eventlog.reader(db) as con:
+        assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION == 2
+        rows = con.execute("SELECT id, top1_label, classifier_precision FROM predictions ORDER BY id").fetchall()
+    assert rows[-1] == ("old", "tabby", None) and rows[0][2] == "int8"

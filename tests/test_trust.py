@@ -306,5 +306,3 @@ def test_hostile_text_is_shown_escaped_in_the_dashboard(browser, tmp_path):
         page.close()
     assert not dialogs
 
-
-from tests.browser import browser  # noqa: E402,F401  (fixture)
