@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -16,56 +11,22 @@ import pytest
 
 from pipelines import eventlog, seed
 from tests.browser import screenshot_path
+from tests.demo_server import streamlit_server
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2025, 6, 1)
 CHARTS = {"Overview": 1, "Accuracy": 2, "Classes": 3, "Performance": 2, "Confidence": 2, "Captions": 2}
 VISIBLE = '[data-testid="stTabPanel"]:visible'
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
     """`streamlit run dashboard/app.py` on a seeded log; yields (url, log path) and stops the server."""
-    folder = tmp_path_factory.mktemp("browser")
-    path = folder / "log.duckdb"
+    path = tmp_path_factory.mktemp("browser") / "log.duckdb"
     seed.seed(str(path), 5000, seed=0, end=END)
-    port = free_port()
-    env = {**os.environ, "IMAGEREC_DB": str(path), "IMAGEREC_REFRESH_SECONDS": "2"}
-    env.pop("IMAGEREC_DASHBOARD_PASSWORD", None)
-    with open(folder / "server.log", "w") as server_log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-             "--server.headless", "true", "--server.address", "127.0.0.1"],
-            cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (folder / "server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the dashboard did not start in 60 s"
-            time.sleep(0.3)
-        yield url, path
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    with streamlit_server(path, refresh_seconds=2, IMAGEREC_DASHBOARD_PASSWORD="") as url:
+        yield url.rstrip("/"), path
 
 
 def rendered_charts(page) -> int:
