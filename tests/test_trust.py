@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -306,3 +307,28 @@ def test_hostile_text_is_shown_escaped_in_the_dashboard(browser, tmp_path):
         page.close()
     assert not dialogs
 
+
+
+def test_an_unreachable_hub_falls_back_to_cached_models(tiny_classifier_dir, tmp_path):
+    """With the hub unreachable (not offline mode), a model already in the local cache loads from there."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--imagerec-test--tiny-vit"
+    shutil.copytree(tiny_classifier_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    probe = ("from pipelines.classify import Classifier\n"
+             "model = Classifier('imagerec-test/tiny-vit').load()\n"
+             "print(model.revision, len(model.labels))\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": "http://127.0.0.1:9",
+           "PYTHONPATH": str(ROOT)}
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [commit, "10"], out.stdout
+
+    missing = ("from pipelines.classify import Classifier\nfrom pipelines.models import ModelLoadError\n"
+               "try:\n    Classifier('imagerec-test/not-cached').load()\n"
+               "except ModelLoadError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", missing], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert "imagerec-test/not-cached" in out.stdout and "local folder" in out.stdout, out.stdout + out.stderr[-1000:]
