@@ -12,6 +12,9 @@ demo: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest $(ARGS)
 
+bench: $(VENV)/.runtime
+	$(BIN)/python -m bench $(ARGS)
+
 dashboard: $(VENV)/.runtime
 	$(BIN)/streamlit run dashboard/app.py $(ARGS)
 

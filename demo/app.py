@@ -317,8 +317,10 @@ def launch(demo: gr.Blocks, config: settings.Settings, **overrides: Any):
 
 
 def _configure_torch(config: settings.Settings) -> None:
-    import torch
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    # one intra-op thread per CPU this process may use (affinity and container quota), not per host CPU: more
+    # threads than CPUs make every parallel region wait for a descheduled thread
+    from pipelines.precision import configure_threads
+    configure_threads(config.threads)
 
 
 def main(argv: list[str] | None = None) -> None:

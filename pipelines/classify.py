@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+from . import precision as prec
 from .models import LazyModel
 
 
@@ -38,19 +39,21 @@ class Classifier(LazyModel):
     setting_flag = "--classifier"
 
     def __init__(self, model: str | os.PathLike, revision: str | None = None,
-                 device: str = "auto", top_k: int = 5):
-        super().__init__(model, revision, device)
+                 device: str = "auto", top_k: int = 5, precision: str = prec.FP32):
+        super().__init__(model, revision, device, precision)
         self.top_k = top_k
         self.processor = None
         self.model = None
         self._labels: list[str] = []
         self._multi_label = False
+        self._input_dtype = torch.float32
 
     def _load_components(self, source: str, pretrained_kwargs: dict) -> None:
         # the model first: its config errors say more than the image processor's
-        model = AutoModelForImageClassification.from_pretrained(source, **pretrained_kwargs)
+        model = self._load_model(AutoModelForImageClassification, source, pretrained_kwargs)
         self.processor = AutoImageProcessor.from_pretrained(source, **pretrained_kwargs)
-        self.model = self._prepare(model)
+        self.model = model
+        self._input_dtype = prec.model_dtype(model)
         config = model.config
         self._labels = readable_labels([str(config.id2label[i]) for i in range(config.num_labels)])
         self._multi_label = config.problem_type == "multi_label_classification" or config.num_labels == 1
@@ -73,7 +76,8 @@ class Classifier(LazyModel):
         if image.mode != "RGB":
             image = image.convert("RGB")  # RGBA, palette and greyscale images would break the channel count
         inputs = self.processor(images=image, return_tensors="pt")
-        return {k: v.to(self._device) for k, v in inputs.items()}
+        return {k: v.to(self._device, self._input_dtype) if v.is_floating_point() else v.to(self._device)
+                for k, v in inputs.items()}
 
     def _forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         # inference_mode is per thread and the model is only read, so concurrent calls are safe

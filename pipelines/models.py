@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import threading
 from pathlib import Path
 
 import torch
 
+from . import precision as prec
 from . import registry
 
 # Failure kinds a ModelLoadError carries, so callers can react without parsing text.
@@ -16,6 +19,7 @@ NOT_FOUND = "not_found"
 NO_FOLDER = "no_folder"
 NOT_A_MODEL = "not_a_model"
 DEVICE = "device"
+PRECISION = "precision"
 OTHER = "other"
 
 # Transport errors come from httpx, httpx2 or requests depending on the hub version; match them by name.
@@ -111,11 +115,14 @@ class LazyModel:
     setting_env = "IMAGEREC_MODEL"
     setting_flag = "--model"
 
-    def __init__(self, model: str | os.PathLike, revision: str | None = None, device: str = "auto"):
+    def __init__(self, model: str | os.PathLike, revision: str | None = None, device: str = "auto",
+                 precision: str = prec.FP32):
         self._model_id = str(model)
         self._asked_revision = revision or None
         self._device_name = device
         self._device: torch.device | None = None
+        self._asked_precision = precision or prec.AUTO
+        self._precision: str | None = None
         self._lock = threading.Lock()
         self._loaded = False
         self._error: ModelLoadError | None = None
@@ -133,6 +140,16 @@ class LazyModel:
     @property
     def device(self) -> torch.device | None:
         return self._device
+
+    @property
+    def precision(self) -> str | None:
+        """The precision the model runs in (fp32, bf16 or int8; "auto" resolved at load), None before loading."""
+        return self._precision
+
+    @property
+    def asked_precision(self) -> str:
+        """The precision setting as given: auto, fp32, bf16 or int8."""
+        return self._asked_precision
 
     @property
     def loaded(self) -> bool:
@@ -166,13 +183,21 @@ class LazyModel:
             self._device = resolve_device(self._device_name)
         except ValueError as exc:
             raise self._failure(f"{exc}", DEVICE) from None
-        source, pretrained_kwargs, revision = self._locate()
         try:
-            self._load_components(source, pretrained_kwargs)
+            self._precision = prec.resolve_precision(self._asked_precision, self._device)
+        except ValueError as exc:
+            raise self._failure(f"{exc}", PRECISION) from None
+        try:
+            source, pretrained_kwargs, revision = self._locate()
+            try:
+                self._load_components(source, pretrained_kwargs)
+            except ModelLoadError:
+                raise
+            except Exception as exc:  # any loader error becomes one readable line
+                raise self._explain(exc) from None
         except ModelLoadError:
+            self._precision = None
             raise
-        except Exception as exc:  # any loader error becomes one readable line
-            raise self._explain(exc) from None
         self._revision = revision
 
     def _locate(self) -> tuple[str, dict, str]:
@@ -239,3 +264,82 @@ class LazyModel:
     def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model on the chosen device, in eval mode."""
         return model.to(self._device).eval()
+
+    def _load_model(self, cls, source: str, pretrained_kwargs: dict, **kwargs) -> torch.nn.Module:
+        """cls.from_pretrained in the resolved precision, on the device, in eval mode.
+
+        fp32 is the plain from_pretrained (weights memory-mapped). bf16 and int8 read the safetensors with pread, one
+        tensor at a time converted to bf16, so the process never maps the whole fp32 file: a mapped file's pages
+        count as resident memory, and fp32 file plus bf16 copy would double the peak. int8 then quantises each
+        linear layer from its exact fp32 weights, read again from the file, and restores every other tensor in fp32.
+        """
+        precision = self._precision or prec.FP32
+        if precision == prec.FP32:
+            return self._prepare(cls.from_pretrained(source, **pretrained_kwargs, **kwargs))
+        dtype = prec.load_dtype(precision)
+        files = _safetensors_files(source, pretrained_kwargs)
+        with contextlib.ExitStack() as stack:
+            weights = _WeightFiles(stack, files) if files else None
+            if weights is None:
+                model = cls.from_pretrained(source, **pretrained_kwargs, dtype=dtype, **kwargs)
+            else:
+                from transformers import AutoConfig
+
+                config = AutoConfig.from_pretrained(source, **pretrained_kwargs)
+                model_cls = getattr(cls, "_model_mapping", None)
+                model_cls = model_cls[type(config)] if model_cls is not None else cls
+                model = model_cls.from_pretrained(None, config=config, state_dict=weights.lazy(), dtype=dtype,
+                                                  **kwargs)
+            return prec.apply_precision(model, precision, self._device,
+                                        exact=weights.get if weights is not None else None)
+
+
+def _safetensors_files(source: str, pretrained_kwargs: dict) -> list[str]:
+    """The model's safetensors files on disk (downloading them for a hub id), or [] where it has none."""
+    names = ("model.safetensors", "model.safetensors.index.json")
+    if is_local_folder(source):
+        found = [Path(source).expanduser() / n for n in names]
+        found = [str(p) for p in found if p.is_file()]
+    else:
+        from transformers.utils import cached_file
+
+        found = []
+        for name in names:
+            path = cached_file(source, name, _raise_exceptions_for_missing_entries=False, **pretrained_kwargs)
+            if path:
+                found.append(path)
+                break
+    if not found:
+        return []
+    first = found[0]
+    if not first.endswith(".json"):
+        return [first]
+    with open(first, encoding="utf-8") as fh:
+        shards = sorted(set(json.load(fh)["weight_map"].values()))
+    if is_local_folder(source):
+        return [str(Path(first).parent / shard) for shard in shards]
+    from transformers.utils import cached_file
+
+    return [cached_file(source, shard, **pretrained_kwargs) for shard in shards]
+
+
+class _WeightFiles:
+    """Safetensors files opened for pread (no memory map): lazy slices for from_pretrained, exact tensors by name."""
+
+    def __init__(self, stack: contextlib.ExitStack, files: list[str]):
+        from safetensors import safe_open
+
+        self._handles = {}
+        for path in files:
+            handle = stack.enter_context(safe_open(path, framework="pt", device="cpu", backend="pread"))
+            for key in handle.keys():
+                self._handles[key] = handle
+
+    def lazy(self) -> dict:
+        """{key: slice} that from_pretrained reads tensor by tensor."""
+        return {key: handle.get_slice(key) for key, handle in self._handles.items()}
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """The tensor stored under key, as saved (fp32 for a fp32 checkpoint), or None if the file has no such key."""
+        handle = self._handles.get(key)
+        return None if handle is None else handle.get_tensor(key)

@@ -43,9 +43,10 @@ class Studio:
     def from_settings(cls, config: Settings) -> "Studio":
         """Models (not loaded yet) and an open log, as the settings say."""
         classifier = Classifier(config.classifier, revision=config.classifier_revision or None,
-                                device=config.device, top_k=config.top_k)
+                                device=config.device, top_k=config.top_k, precision=config.precision)
         captioner = Captioner(config.captioner, revision=config.captioner_revision or None,
-                              device=config.device, max_new_tokens=config.caption_max_tokens)
+                              device=config.device, max_new_tokens=config.caption_max_tokens,
+                              precision=config.precision)
         limits = Limits(max_bytes=int(config.max_upload_mb * 1_000_000), max_pixels=config.max_pixels,
                         min_side=config.min_side)
         store = ImageStore(config.images_dir) if config.keep_images else None

@@ -1,0 +1,1 @@
+"""The imagerec benchmark: `python -m bench` (see bench/run.py)."""
