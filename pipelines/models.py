@@ -102,6 +102,15 @@ def classify_failure(exc: BaseException) -> str:
     return OTHER
 
 
+def _cached(model_id: str, commit: str) -> bool:
+    """Whether a snapshot of this exact commit is in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if len(commit) != 40:
+        return False
+    return isinstance(try_to_load_from_cache(model_id, "config.json", revision=commit), str)
+
+
 def _short(revision: str | None) -> str:
     if not revision:
         return "main"
@@ -214,7 +223,13 @@ class LazyModel:
             what = "is a file, not a folder" if where.exists() else "does not exist"
             raise self._failure(f"the local folder {where} {what}. {self._folder_hint()}", NO_FOLDER)
         revision = self._resolve_hub_revision()
-        return model, {"revision": revision}, getattr(revision, "resolved", None) or str(revision)
+        commit = getattr(revision, "resolved", None) or str(revision)
+        kwargs = {"revision": revision}
+        if _cached(model, commit):
+            # A commit never changes, so a cached snapshot is complete: no file lookups on the hub, which
+            # would otherwise retry for many seconds when it cannot be reached.
+            kwargs["local_files_only"] = True
+        return model, kwargs, commit
 
     def _resolve_hub_revision(self):
         """The asked (or pinned) revision resolved to a commit once, so every file comes from one commit."""
