@@ -336,11 +336,6 @@ EXPORT_COLUMNS = ("p.id, p.created_at, p.image_sha256, p.width, p.height, p.clas
 # CSV has no lists; JSON arrays keep labels that contain commas ("tabby, tabby cat") readable.
 EXPORT_COLUMNS_CSV = EXPORT_COLUMNS.replace("p.labels, p.scores",
                                             "to_json(p.labels) AS labels, to_json(p.scores) AS scores")
-TABLE_ORDER = ["created_at", "top1_label", "top1_score", "verdict", "corrected_label", "caption", "edited_caption",
-               "version", "total_ms", "source", "id"]
-EXPORT_COLUMNS = ("p.id, p.created_at, p.image_sha256, p.width, p.height, p.classifier, p.classifier_revision, "
-                  "p.captioner, p.captioner_revision, p.labels, p.scores, p.top1_label, p.top1_score, p.caption, "
-                  "p.prompt, p.intake_ms, p.classify_ms, p.caption_ms, p.total_ms, p.cached, p.source, p.session_id")
 
 
 def _rows_sql(f: Filters, limit: int, columns: str) -> tuple[str, list]:
