@@ -56,7 +56,8 @@ def wait_for_http(url: str, process: subprocess.Popen | None = None, timeout: fl
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}")
+            output = "".join(stream.read() for stream in (process.stdout, process.stderr) if stream)
+            raise RuntimeError(f"server exited with {process.returncode}: {output[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
