@@ -55,7 +55,7 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("auto", "cpu", "cuda")),
     Setting("precision", "auto", "Numeric precision of the models: fp32, bf16, int8, or auto for the fastest "
             "that keeps the fidelity bounds on this machine.", choices=("auto", "fp32", "bf16", "int8")),
-    Setting("threads", 0, "Torch intra-op threads; 0 means one per CPU core.", type=int),
+    Setting("threads", 0, "Torch intra-op threads; 0 means one per CPU this process may use (affinity and container quota).", type=int),
     Setting("caption_max_tokens", 30, "Most new tokens a caption may have.", type=int),
     Setting("top_k", 5, "How many labels the classifier returns.", type=int),
     Setting("db", str(DEFAULT_DB), "Path of the DuckDB log file.", cli=True),
