@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from bench.common import OUT, PHOTOS, ROOT, Timer, load_average, machine, percentile, photos, standins, summary
@@ -61,7 +60,6 @@ def quiet_transformers() -> None:
 
 def bench_classification(vit: Path, paths: list[Path], precision: str) -> dict:
     import torch
-    from PIL import Image
     from transformers import pipeline
 
     from pipelines import precision as prec
