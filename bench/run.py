@@ -129,9 +129,8 @@ def bench_captioning(blip: Path, paths: list[Path], precision: str, tokens: int)
         f"{len(paths)} photos")
     processor = BlipProcessor.from_pretrained(blip)
     baseline = BlipForConditionalGeneration.from_pretrained(blip).eval()
-    ours = Captioner(blip, device="cpu", precision=precision, max_new_tokens=tokens).load()
     # random weights may write [SEP] early; both sides are held to exactly `tokens` new tokens
-    ours.model.generation_config.min_new_tokens = tokens
+    ours = Captioner(blip, device="cpu", precision=precision, max_new_tokens=tokens, min_new_tokens=tokens).load()
 
     def run_baseline(image):
         inputs = processor(images=image, return_tensors="pt")
@@ -157,7 +156,7 @@ def bench_captioning(blip: Path, paths: list[Path], precision: str, tokens: int)
         same_caption += caption == text
         ids = token_ids.unsqueeze(0)
         ref = prec.teacher_forced_logits(baseline, inputs["pixel_values"], ids)
-        got = prec.teacher_forced_logits(ours.model, ours_inputs["pixel_values"], ids)
+        got = ours.teacher_forced_logits(ours_inputs["pixel_values"], ids)
         fidelity.append(prec.caption_fidelity(ref, got))
     stats = {k: summary(v) for k, v in times.items()}
     result = {
@@ -217,10 +216,9 @@ def bench_precisions(vit: Path, blip: Path, paths: list[Path], tokens: int, capt
         entry = {"classify_load_s": round(load.ms / 1000, 2), "classify_ms": summary(times),
                  "classify_fidelity": prec.classification_fidelity(torch.stack(ref), torch.stack(got))}
         del clf
-        cap = Captioner(blip, device="cpu", precision=mode, max_new_tokens=tokens)
+        cap = Captioner(blip, device="cpu", precision=mode, max_new_tokens=tokens, min_new_tokens=tokens)
         with Timer() as load:
             cap.load()
-        cap.model.generation_config.min_new_tokens = tokens
         times, fid = [], []
         for image in images[:caption_photos]:
             with Timer() as t:
@@ -228,10 +226,10 @@ def bench_precisions(vit: Path, blip: Path, paths: list[Path], tokens: int, capt
             times.append(t.ms)
             inputs = cap.preprocess(image)
             with torch.inference_mode():
-                ids = cap._forward(inputs, tokens).unsqueeze(0)
+                ids = cap._forward(inputs, tokens, tokens).unsqueeze(0)
             pixels = cap.processor(images=image, return_tensors="pt")["pixel_values"]
             fid.append(prec.caption_fidelity(prec.teacher_forced_logits(ref_cap, pixels, ids),
-                                             prec.teacher_forced_logits(cap.model, inputs["pixel_values"], ids)))
+                                             cap.teacher_forced_logits(inputs["pixel_values"], ids)))
         entry.update({"caption_load_s": round(load.ms / 1000, 2), "caption_ms": summary(times),
                       "caption_cosine_min": min(f["cosine_min"] for f in fid),
                       "caption_within_bound": all(f["within_bound"] for f in fid)})

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from . import precision as prec
+from . import blip_decoding, precision as prec
 from .models import LazyModel
 
 
@@ -23,13 +23,15 @@ class Captioner(LazyModel):
     setting_flag = "--captioner"
 
     def __init__(self, model: str | os.PathLike, revision: str | None = None, device: str = "auto",
-                 max_new_tokens: int = 30, precision: str = prec.FP32):
+                 max_new_tokens: int = 30, precision: str = prec.FP32, min_new_tokens: int = 0):
         super().__init__(model, revision, device, precision)
         self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens  # 0: stop at the model's end token; the benchmark holds lengths equal
         self.processor = None
         self.model = None
         self._input_dtype = torch.float32
         self.fused_attention = 0  # attention layers switched to torch's fused scaled_dot_product_attention
+        self._decoder: blip_decoding.BlipGreedyDecoder | None = None  # the lean greedy loop, where it applies
         # a fast tokenizer sets its padding/truncation state on each call; threads sharing it can hit "Already borrowed"
         self._tokenizer_lock = threading.Lock()
 
@@ -40,6 +42,15 @@ class Captioner(LazyModel):
         self.model = model
         self._input_dtype = prec.model_dtype(model)
         self.fused_attention = use_fused_attention(model)
+        self._decoder = blip_decoding.BlipGreedyDecoder(model) if blip_decoding.supports(model) else None
+
+    @property
+    def lean_decoding(self) -> bool:
+        """Whether captions come from the lean greedy loop (else from transformers' generate)."""
+        self.load()
+        return self._decoder is not None and all(
+            blip_decoding.plain_greedy(config) for config in (self.model.generation_config,
+                                                              self.model.text_decoder.generation_config))
 
     def __call__(self, image: Image.Image, prompt: str | None = None, max_new_tokens: int | None = None) -> str:
         """The caption of image; with a prompt, the caption that starts with it (BLIP conditional captioning)."""
@@ -47,7 +58,8 @@ class Captioner(LazyModel):
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        return self.postprocess(self._forward(self.preprocess(image, prompt), max_new_tokens))
+        return self.postprocess(self._forward(self.preprocess(image, prompt), max_new_tokens,
+                                              min(self.min_new_tokens, max_new_tokens)))
 
     def preprocess(self, image: Image.Image, prompt: str | None = None) -> dict[str, torch.Tensor]:
         if image.mode != "RGB":
@@ -58,10 +70,26 @@ class Captioner(LazyModel):
         return {k: v.to(self._device, self._input_dtype) if v.is_floating_point() else v.to(self._device)
                 for k, v in inputs.items()}
 
-    def _forward(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-        # BLIP's generate swaps the prompt's [CLS] for its decoder bos and drops the trailing [SEP]
+    def _forward(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
+        """The token ids of the caption (the decoder's start, then the new tokens), greedy."""
         with torch.inference_mode():
-            return self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)[0]
+            if self.lean_decoding and inputs["pixel_values"].shape[0] == 1:
+                embeds = self.model.vision_model(pixel_values=inputs["pixel_values"])[0]
+                ids = self._decoder.prompt_ids(inputs.get("input_ids"), embeds.device)
+                return self._decoder.generate(embeds, ids, max_new_tokens, min_new_tokens)
+            # BLIP's generate swaps the prompt's [CLS] for its decoder bos and drops the trailing [SEP]
+            at_least = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}  # else the config's own
+            return self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                       **at_least)[0]
+
+    def teacher_forced_logits(self, pixel_values: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits at every position of token_ids [1, n] (bos first), through the path captions take."""
+        self.load()
+        if not self.lean_decoding:
+            return prec.teacher_forced_logits(self.model, pixel_values, token_ids)
+        with torch.inference_mode():
+            embeds = self.model.vision_model(pixel_values=pixel_values.to(self._device, self._input_dtype))[0]
+            return self._decoder.teacher_forced_logits(embeds, token_ids.to(self._device))
 
     def postprocess(self, token_ids: torch.Tensor) -> str:
         with self._tokenizer_lock:
@@ -73,8 +101,8 @@ class Captioner(LazyModel):
 # switch. Over its 577 tokens the written-out form costs about 2.5x torch's fused kernel on one CPU core (58 ms
 # against 23 ms a layer here), so the loaded model's image attention layers get a forward that computes the same
 # thing with F.scaled_dot_product_attention. Only layers that look exactly like the one this was written against are
-# switched; anything else keeps its own forward. (The text decoder's attention, one query token at a time, gains
-# only a few percent from the same switch, not worth copying its cache handling: it keeps transformers' forward.)
+# switched; anything else keeps its own forward. (The text decoder runs in pipelines.blip_decoding's loop, which
+# calls its modules directly and uses the fused kernel too.)
 
 
 def _vision_attention_forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, None]:

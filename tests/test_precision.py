@@ -71,7 +71,7 @@ def test_caption_teacher_forced_logits_keep_the_bound(captioner, reference_capti
         with torch.inference_mode():
             tokens = reference_captioner.generate(**inputs, max_new_tokens=8, do_sample=False, num_beams=1)
         reference = prec.teacher_forced_logits(reference_captioner, inputs["pixel_values"], tokens)
-        logits = prec.teacher_forced_logits(captioner.model, captioner.preprocess(image)["pixel_values"], tokens)
+        logits = captioner.teacher_forced_logits(captioner.preprocess(image)["pixel_values"], tokens)
         fidelity = prec.caption_fidelity(reference, logits)
         assert fidelity["positions"] == tokens.shape[1]
         assert fidelity["cosine_min"] >= prec.CAPTION_MIN_COSINE, fidelity
