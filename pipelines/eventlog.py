@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -245,18 +245,28 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict]
         con.unregister("incoming_rows")
 
 
-def delete_predictions(con: duckdb.DuckDBPyConnection, where: str, params: Sequence) -> tuple[list[str], int, list[str]]:
-    """Delete the predictions matching `where` and their feedback; returns their ids, feedback count, image names."""
-    doomed = con.execute(f"SELECT id, image_file FROM predictions WHERE {where}", list(params)).fetchall()
+class Removed(NamedTuple):
+    """What a deletion took out of the log."""
+
+    ids: list[str]  # prediction ids
+    feedback: int  # feedback rows
+    images: list[str]  # names of kept images, for the image store to delete
+    hashes: list[str]  # sha256 of the deleted predictions' images, for caches keyed by them
+
+
+def delete_predictions(con: duckdb.DuckDBPyConnection, where: str, params: Sequence) -> Removed:
+    """Delete the predictions matching `where` and their feedback."""
+    doomed = con.execute(f"SELECT id, image_file, image_sha256 FROM predictions WHERE {where}",
+                         list(params)).fetchall()
     if not doomed:
-        return [], 0, []
+        return Removed([], 0, [], [])
     ids = [row[0] for row in doomed]
     con.execute("BEGIN")
     feedback = con.execute("DELETE FROM feedback WHERE list_contains(?, prediction_id)", [ids]).fetchone()[0]
     con.execute("DELETE FROM predictions WHERE list_contains(?, id)", [ids])
     con.execute("COMMIT")
     con.execute("CHECKPOINT")  # rewrite the table files now rather than at some later checkpoint
-    return ids, feedback, [row[1] for row in doomed if row[1]]
+    return Removed(ids, feedback, [row[1] for row in doomed if row[1]], sorted({row[2] for row in doomed}))
 
 
 def _to_json(value: Any) -> Any:
@@ -426,17 +436,17 @@ class EventLog:
             self._remember(prediction_id)
         return bool(found)
 
-    def delete(self, where: str, params: Sequence) -> tuple[list[str], int, list[str]]:
+    def delete(self, where: str, params: Sequence) -> Removed:
         """Delete predictions (and their feedback) matching a parameterised condition, pending ones included."""
         self._drain_backlog()
         with self._flush_lock:
             self._flush_locked()
             with writer(self.path) as con:
-                ids, feedback, images = delete_predictions(con, where, params)
-            for prediction_id in ids:
+                removed = delete_predictions(con, where, params)
+            for prediction_id in removed.ids:
                 self._known.pop(prediction_id, None)
                 self._last_feedback.pop(prediction_id, None)
-        return ids, feedback, images
+        return removed
 
     def flush(self) -> int:
         """Move journal events into DuckDB now; returns how many were moved."""

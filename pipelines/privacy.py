@@ -90,8 +90,8 @@ def purge(db: str | os.PathLike, store: ImageStore | None, older_than_days: floa
     if not conditions:
         raise ValueError("say what to purge: an age, a prediction id or a session id")
     with eventlog.writer(db) as con:
-        ids, feedback, images = eventlog.delete_predictions(con, " AND ".join(conditions), params)
-    return Deleted(len(ids), feedback, store.delete(images) if store else 0)
+        removed = eventlog.delete_predictions(con, " AND ".join(conditions), params)
+    return Deleted(len(removed.ids), removed.feedback, store.delete(removed.images) if store else 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import threading
 import time
 from collections import OrderedDict
 from datetime import datetime
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 from pipelines.caption import Captioner
 from pipelines.classify import Classifier
@@ -38,6 +38,14 @@ class LRUCache:
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
+
+    def discard(self, drop: Callable[[Hashable], bool]) -> int:
+        """Remove every entry whose key drop() accepts; returns how many."""
+        with self._lock:
+            doomed = [key for key in self._items if drop(key)]
+            for key in doomed:
+                del self._items[key]
+        return len(doomed)
 
 
 def _ms(start: float) -> float:
@@ -95,6 +103,13 @@ class Recognizer:
             lambda: self.captioner(intake.image, prompt=prompt))
         timings["total"] = _ms(started)
         yield {**result, "caption": caption, "cached": labels_cached and caption_cached}
+
+    def forget(self, hashes: Iterable[str]) -> int:
+        """Drop the cached answers for the images with these sha256 hashes; returns how many entries went."""
+        hashes = set(hashes)
+        if not hashes:
+            return 0
+        return sum(cache.discard(lambda key: key[0] in hashes) for cache in (self._labels, self._captions))
 
     def recognize(self, source: Any, prompt: str | None = None, top_k: int | None = None) -> dict:
         """The complete result for one image."""

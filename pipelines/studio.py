@@ -118,9 +118,10 @@ class Studio:
         return self._delete("created_at < ?", [utcnow() - timedelta(days=days)])
 
     def _delete(self, where: str, params: list) -> Deleted:
-        ids, feedback, images = self.log.delete(where, params)
+        removed = self.log.delete(where, params)
+        self.recognizer.forget(removed.hashes)  # a deleted photo's answers go from memory too
         store = self.recognizer.store
-        return Deleted(len(ids), feedback, store.delete(images) if store else 0)
+        return Deleted(len(removed.ids), removed.feedback, store.delete(removed.images) if store else 0)
 
     def _retain(self) -> None:
         while True:

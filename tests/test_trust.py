@@ -185,6 +185,10 @@ def test_kept_images_have_no_metadata_and_delete_my_data_leaves_nothing(server, 
     assert not len(_rows(server[1].db, "SELECT id FROM predictions WHERE id = ?", [result["id"]]))
     assert not len(_rows(server[1].db, "SELECT id FROM feedback WHERE prediction_id = ?", [result["id"]]))
     assert not any(p.name == "gps.jpg" for p in Path(_upload_folder()).rglob("*")), "a cached copy is left"
+    # nor are its answers kept in memory: the same photo again runs the models
+    again = client.predict(handle_file(str(photo)), api_name="/predict")
+    assert again["cached"] is False
+    assert client.predict(handle_file(str(photo)), api_name="/predict")["cached"] is True
 
 
 def _upload_folder() -> str:
