@@ -45,6 +45,13 @@ class Timer:
         self.ms = (time.perf_counter() - self._start) * 1000
 
 
+def md_table(headers: list[str], rows: list[list]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation."""
     ordered = sorted(values)

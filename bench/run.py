@@ -31,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import OUT, PHOTOS, ROOT, Timer, load_average, machine, percentile, photos, standins, summary
+from bench import large_photos
+from bench.common import (OUT, PHOTOS, ROOT, Timer, load_average, machine, md_table, percentile, photos, standins,
+                          summary)
 
 TARGETS = {
     "classify_speedup": 4.0,  # at least, against the pipeline baseline
@@ -461,19 +463,13 @@ def _rest_targets(add, results: dict) -> None:
             TARGETS["peak_rss_mb"], "<=", "VmHWM of a fresh process that loads both and runs one request")
 
 
-def _md_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _stages_markdown(clf: dict, cap: dict) -> list[str]:
     ct, pt = clf["times_ms"], cap["times_ms"]
     return [
         "",
         "## Stages, baseline against the project",
         "",
-        _md_table(["stage", "baseline", "project", "ratio"], [
+        md_table(["stage", "baseline", "project", "ratio"], [
             ["classification, decoded image in", f"{ct['baseline_pipeline_image']['median']} (pipeline, fp32)",
              f"{ct['classify']['median']} ({clf['precision']})", f"{clf['speedup']}x"],
             ["classification, file in (decode included)", f"{ct['baseline_pipeline_path']['median']}",
@@ -518,13 +514,15 @@ def markdown(results: dict) -> str:
         "",
         "## Targets",
         "",
-        _md_table(["target", "measured", "bound", "met", "how"],
+        md_table(["target", "measured", "bound", "met", "how"],
                   [[t["target"], t["measured"], t["bound"], "yes" if t["met"] else "**no**", t["note"]]
                    for t in results["targets"]]),
     ]
     clf, cap = results.get("classification"), results.get("captioning")
     if clf and cap:
         parts += _stages_markdown(clf, cap)
+    if "large_photos" in results:
+        parts += large_photos.markdown(results["large_photos"])
     if "precisions" in results:
         p = results["precisions"]
         rows = []
@@ -534,7 +532,7 @@ def markdown(results: dict) -> str:
                          f"{e['classify_fidelity']['top1_agreement']:.3f}", e["caption_ms"]["median"],
                          f"{e['caption_cosine_min']:.5f}", e["classify_load_s"], e["caption_load_s"]])
         parts += ["", f"## Precision modes (the project's path; `auto` resolves to **{p['auto_resolves_to']}** here)",
-                  "", _md_table(["mode", "classify ms", "logit cos min", "top-1", "caption ms", "caption cos min",
+                  "", md_table(["mode", "classify ms", "logit cos min", "top-1", "caption ms", "caption cos min",
                                  "classifier load s", "captioner load s"], rows)]
     if "demo" in results:
         d = results["demo"]
@@ -548,7 +546,7 @@ def markdown(results: dict) -> str:
             f"(request / stage sum x{s['wall_over_stage_sum']}, / classify+caption x{s['wall_over_model_stages']}). "
             f"Logging one prediction: {results['logging_ms']['median']} ms median. Server peak RSS "
             f"{d['server_peak_rss_mb']} MB.", "",
-            _md_table(["clients", "requests", "req/s", "vs 1 client", "p50 ms", "p95 ms", "p99 ms", "errors"],
+            md_table(["clients", "requests", "req/s", "vs 1 client", "p50 ms", "p95 ms", "p99 ms", "errors"],
                       [[t["clients"], t["requests"], t["req_per_s"], t["vs_one_client"], t["p50_ms"], t["p95_ms"],
                         t["p99_ms"], len(t["errors"])] for t in d["throughput"].values()]),
         ]
@@ -561,7 +559,7 @@ def markdown(results: dict) -> str:
                 rows.append([name, mem["load_s"]["classifier"], mem["load_s"]["captioner"], r["imports"],
                              r["captioner_loaded"], r["after_request"], mem["peak_rss_mb"]])
         parts += ["", "## Load time and memory (fresh process, both models, one request)", "",
-                  _md_table(["precision", "classifier load s", "captioner load s", "RSS after imports MB",
+                  md_table(["precision", "classifier load s", "captioner load s", "RSS after imports MB",
                              "RSS both loaded MB", "RSS after a request MB", "peak RSS MB"], rows)]
     if results.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
@@ -583,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=None, help="the demo's concurrency (default: setting)")
     parser.add_argument("--threads", type=int, default=None, help="the demo's torch threads (default: setting)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["classification", "captioning", "precisions", "demo", "memory"],
+                        choices=["classification", "captioning", "large", "precisions", "demo", "memory"],
                         help="sections to leave out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where results.json/.md go")
     args = parser.parse_args(argv)
@@ -610,6 +608,9 @@ def main(argv: list[str] | None = None) -> None:
         results["classification"] = bench_classification(vit, paths, args.precision)
     if "captioning" not in args.skip:
         results["captioning"] = bench_captioning(blip, paths[:args.caption_photos], args.precision, args.tokens)
+    if "large" not in args.skip:
+        log("phone-size photos: intake and preprocessing, reduced against full size")
+        results["large_photos"] = large_photos.bench_large_photos(vit, blip, paths[:4])
     if "precisions" not in args.skip:
         results["precisions"] = bench_precisions(vit, blip, paths[:args.sweep_photos], args.tokens,
                                                  caption_photos=2)

@@ -452,6 +452,74 @@ def test_pil_input_respects_limits():
     assert "the limit is 0.001 MP" in refused(Image.new("RGB", (50, 50)), Limits(max_pixels=1000))
 
 
+# --- work size: large photos are reduced for the models, their own size is kept --------------------
+
+
+def smooth(size: tuple[int, int]) -> Image.Image:
+    """A photo-like picture of the given size: smooth gradients and a few hard edges, no noise."""
+    w, h = size
+    x = np.linspace(0, 1, w)[None, :]
+    y = np.linspace(0, 1, h)[:, None]
+    rgb = np.stack([255 * x * np.ones_like(y), 255 * y * np.ones_like(x), 127 + 120 * np.sin(6 * x + 4 * y)], -1)
+    rgb[h // 3: h // 2, w // 4: w // 2] = (250, 20, 30)  # a red block with sharp sides
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+def test_a_large_jpeg_is_decoded_reduced_and_keeps_its_own_size():
+    data = encode(smooth((4032, 3024)), "JPEG", quality=92)
+    got = load_image(data)
+    assert (got.width, got.height) == (4032, 3024)
+    assert got.image.size == (2016, 1512)  # the decoder's 1/2 scale: 1/4 would leave 756 < 768
+    assert got.sha256 == hashlib.sha256(data).hexdigest()
+    full = load_image(data, Limits(work_side=0))
+    assert full.image.size == (full.width, full.height) == (4032, 3024)
+
+
+def test_a_large_png_is_box_reduced_by_a_whole_factor():
+    got = load_image(encode(smooth((3200, 2400)), "PNG"))
+    assert (got.width, got.height) == (3200, 2400)
+    assert got.image.size == (1067, 800) and got.image.mode == "RGB"  # 3200 / 3, rounded up
+
+
+def test_a_turned_large_jpeg_reports_its_upright_size():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    got = load_image(encode(smooth((4032, 3024)), "JPEG", exif=exif))
+    assert (got.width, got.height) == (3024, 4032)
+    assert got.image.size == (1512, 2016)
+
+
+def test_images_near_the_work_size_are_left_alone():
+    for size in ((1000, 800), (1535, 1535), (768, 5000)):
+        for fmt in ("JPEG", "PNG"):
+            got = load_image(encode(smooth(size), fmt))
+            assert got.image.size == (got.width, got.height) == size, (size, fmt)
+
+
+def test_a_large_pil_image_is_reduced_and_hashed_whole():
+    im = smooth((2400, 1800))
+    got = load_image(im)
+    assert (got.width, got.height) == (2400, 1800) and got.image.size == (1200, 900)
+    assert got.sha256 == load_image(im, Limits(work_side=0)).sha256
+    assert im.size == (2400, 1800)  # the caller's image is untouched
+
+
+def test_the_models_see_the_same_picture_from_the_reduced_image():
+    from transformers import BlipImageProcessorPil, ViTImageProcessorPil
+
+    for fmt in ("JPEG", "PNG"):
+        data = encode(smooth((4032, 3024)), fmt)
+        reduced, full = load_image(data).image, load_image(data, Limits(work_side=0)).image
+        assert reduced.size != full.size
+        for processor in (ViTImageProcessorPil(), BlipImageProcessorPil()):  # ViT's 224 and BLIP's 384 inputs
+            a = processor(images=reduced, return_tensors="np")["pixel_values"]
+            b = processor(images=full, return_tensors="np")["pixel_values"]
+            level = 1 / 255 / min(processor.image_std)  # one grey level, in the model's units
+            # measured: mean 0.02-0.07 of a level, worst pixel 1 level (224) and 3 levels (384) at the red block
+            assert np.abs(a - b).mean() < 0.1 * level, (fmt, type(processor).__name__)
+            assert np.abs(a - b).max() <= 4 * level, (fmt, type(processor).__name__)
+
+
 # --- real photos -------------------------------------------------------------------------
 
 
