@@ -8,6 +8,7 @@ the server's torch threads instead of waiting their turn like remote clients do.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ def run(url: str, paths: list[Path], clients: int, requests: int) -> dict:
     jobs = list(range(requests))
     lock = threading.Lock()
     latencies: list[float] = []
+    model_ms: list[float] = []  # classify + caption as the server timed them: grows if the clients crowd it
     errors: list[str] = []
     barrier = threading.Barrier(clients + 1)
 
@@ -34,9 +36,10 @@ def run(url: str, paths: list[Path], clients: int, requests: int) -> dict:
                     return
                 i = jobs.pop()
             try:
-                wall, _ = _predict(client, paths[i % len(paths)])
+                wall, result = _predict(client, paths[i % len(paths)])
                 with lock:
                     latencies.append(wall)
+                    model_ms.append(result["timings_ms"]["classify"] + result["timings_ms"]["caption"])
             except Exception as exc:  # a refused or failed request is counted, not fatal
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}"[:200])
@@ -51,7 +54,9 @@ def run(url: str, paths: list[Path], clients: int, requests: int) -> dict:
     elapsed = time.perf_counter() - start
     return {"clients": clients, "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
             "req_per_s": round(len(latencies) / elapsed, 3), "p50_ms": round(percentile(latencies, 50), 1),
-            "p95_ms": round(percentile(latencies, 95), 1), "p99_ms": round(percentile(latencies, 99), 1)}
+            "p95_ms": round(percentile(latencies, 95), 1), "p99_ms": round(percentile(latencies, 99), 1),
+            "model_ms_p50": round(percentile(model_ms, 50), 1),
+            "client_cpu_s": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 2)}
 
 
 def main(argv: list[str] | None = None) -> None:

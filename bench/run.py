@@ -289,6 +289,16 @@ def demo_server(vit: Path, blip: Path, tokens: int, precision: str, concurrency:
         logfile.close()
 
 
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc), 0 where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _process_peak_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as fh:
@@ -347,7 +357,9 @@ def bench_demo(vit: Path, blip: Path, paths: list[Path], tokens: int, precision:
             # the first level once more at the end: on a shared machine the others' load drifts during the run,
             # and the mean of a before and an after run is a fairer base than either alone
             for key, level in [*((str(n), n) for n in levels), (f"{levels[0]} again", levels[0])]:
+                cpu = _process_cpu_s(process.pid)
                 throughput[key] = t = _load(url, paths, level, requests)
+                t["server_cpu_s"] = round(_process_cpu_s(process.pid) - cpu, 2)
                 log(f"  {key} clients: {t['req_per_s']} req/s, p50 {t['p50_ms']} p95 {t['p95_ms']} "
                     f"p99 {t['p99_ms']} ms")
             peak = _process_peak_mb(process.pid)
@@ -501,6 +513,10 @@ def _stages_markdown(clf: dict, cap: dict) -> list[str]:
     ]
 
 
+def _per_request(level: dict, key: str) -> float | str:
+    return round(level[key] / level["requests"], 2) if level.get(key) is not None and level["requests"] else ""
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     parts = [
@@ -551,9 +567,13 @@ def markdown(results: dict) -> str:
             f"Logging one prediction: {results['logging_ms']['median']} ms median. Server peak RSS "
             f"{d['server_peak_rss_mb']} MB.", "",
             md_table(["clients", "requests", "req/s", "vs 1 client (mean of both runs)", "p50 ms", "p95 ms", "p99 ms",
+                      "models p50 ms (server)", "server CPU s a request", "load generator CPU s a request",
                       "errors"],
                      [[key, t["requests"], t["req_per_s"], t["vs_one_client"], t["p50_ms"], t["p95_ms"],
-                       t["p99_ms"], len(t["errors"])] for key, t in d["throughput"].items()]),
+                       t["p99_ms"], t.get("model_ms_p50", ""), _per_request(t, "server_cpu_s"),
+                       _per_request(t, "client_cpu_s"), len(t["errors"])] for key, t in d["throughput"].items()]),
+            "", "The load generator runs on the same 2 cores as the server (remote clients would not): the CPU it "
+            "uses and the drift of other tenants' load between levels show in the models' own time on the server.",
         ]
     if "memory" in results:
         rows = []
@@ -673,7 +693,7 @@ TRIED = [
     "modules, one preallocated self-attention cache, the image's cross-attention keys and values once, fused "
     "attention, the language-model head on the last position only), the same tokens as generate: 20 tokens "
     "(with the cross keys/values) 715-752 ms against 1009-1072 ms through generate on the same int8 model; "
-    "captions 2.03x the baseline against 1.66x before. Kept SDPA in the BLIP image encoder (58 -> 23 ms a layer "
+    "captions 1.89-2.04x the baseline in four full runs, against 1.66x before. Kept SDPA in the BLIP image encoder (58 -> 23 ms a layer "
     "on one core).",
     "Tried: oneDNN-packed int8 weights for the layers that see many rows (ViT, BLIP image encoder): 10-20% "
     "faster per matrix product alone, no gain in the whole model (ViT 133.6 vs 133.9 ms, BLIP image encoder 439 "
