@@ -82,6 +82,24 @@ def rss_mb() -> float:
     return 0.0
 
 
+def rss_split_mb() -> dict:
+    """Resident memory now by kind, in MB: anon (the process's own) and file (mapped files: libraries, weights).
+
+    The file part depends on the page cache as much as on the process: the same libraries count tens of MB more
+    right after they were written or read (a fresh install) than once the kernel has dropped some of their pages.
+    """
+    out = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                for key, name in (("RssAnon:", "anon"), ("RssFile:", "file"), ("RssShmem:", "shmem")):
+                    if line.startswith(key):
+                        out[name] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MB: VmHWM, else ru_maxrss.
 

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from bench.common import peak_rss_mb, rss_mb
+    from bench.common import peak_rss_mb, rss_mb, rss_split_mb
     from pipelines.caption import Captioner
     from pipelines.classify import Classifier
     from pipelines.recognizer import Recognizer
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     recognizer = Recognizer(classifier, captioner, cache_size=0)
     result = recognizer.recognize(args.photo)
     out["rss_mb"]["after_request"] = round(rss_mb(), 1)
+    out["rss_after_request_by_kind_mb"] = rss_split_mb()
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     out["precision"] = {"classifier": classifier.precision, "captioner": captioner.precision}
     out["request_ms"] = result["timings_ms"]
