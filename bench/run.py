@@ -193,7 +193,6 @@ def bench_captioning(blip: Path, paths: list[Path], precision: str, tokens: int)
     }
     log(f"  baseline {stats['baseline']['median']} ms, ours {stats['caption']['median']} ms -> {result['speedup']}x; "
         f"teacher-forced cosine min {result['fidelity']['cosine_min']:.5f}")
-    del baseline, ours
     gc.collect()
     return result
 
