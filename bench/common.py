@@ -70,16 +70,23 @@ def summary(values: list[float]) -> dict:
             "p90": round(percentile(values, 90), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
 
 
-def rss_mb() -> float:
-    """This process's resident memory now, in MB (from /proc; 0 where there is none)."""
+def _status_mb(*keys: str) -> dict[str, float]:
+    """The named memory lines of /proc/self/status (VmRSS, RssAnon, ...) in MB; empty where there is none."""
+    found = {}
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                key, _, value = line.partition(":")
+                if key in keys:
+                    found[key] = int(value.split()[0]) / 1024
     except OSError:
         pass
-    return 0.0
+    return found
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (from /proc; 0 where there is none)."""
+    return _status_mb("VmRSS").get("VmRSS", 0.0)
 
 
 def rss_split_mb() -> dict:
@@ -88,16 +95,8 @@ def rss_split_mb() -> dict:
     The file part depends on the page cache as much as on the process: the same libraries count tens of MB more
     right after they were written or read (a fresh install) than once the kernel has dropped some of their pages.
     """
-    out = {}
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                for key, name in (("RssAnon:", "anon"), ("RssFile:", "file"), ("RssShmem:", "shmem")):
-                    if line.startswith(key):
-                        out[name] = round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return out
+    names = {"RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
+    return {names[key]: round(mb, 1) for key, mb in _status_mb(*names).items()}
 
 
 def peak_rss_mb() -> float:
@@ -105,14 +104,8 @@ def peak_rss_mb() -> float:
 
     VmHWM first: ru_maxrss survives exec, so a process started from a big parent reports the parent's peak.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM").get("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_average() -> list[float]:

@@ -263,7 +263,7 @@ def bench_precisions(vit: Path, blip: Path, paths: list[Path], tokens: int, capt
 def demo_server(vit: Path, blip: Path, tokens: int, precision: str, concurrency: int, threads: int,
                 workdir: Path):
     """`python -m demo` in its own process on the stand-ins, as deployed; yields (url, process)."""
-    from tests.demo_server import free_port, wait_for_http
+    from tests.demo_server import free_port, stop, wait_for_http
 
     port = free_port()
     env = {**os.environ, "IMAGEREC_CLASSIFIER": str(vit), "IMAGEREC_CAPTIONER": str(blip),
@@ -280,11 +280,7 @@ def demo_server(vit: Path, blip: Path, tokens: int, precision: str, concurrency:
         wait_for_http(url, process, timeout=180)
         yield url, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         logfile.close()
 
 
