@@ -84,8 +84,7 @@ class Captioner(LazyModel):
 
     def teacher_forced_logits(self, pixel_values: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits at every position of token_ids [1, n] (bos first), through the path captions take."""
-        self.load()
-        if not self.lean_decoding:
+        if not self.lean_decoding:  # (loads the model)
             return prec.teacher_forced_logits(self.model, pixel_values, token_ids)
         with torch.inference_mode():
             embeds = self.model.vision_model(pixel_values=pixel_values.to(self._device, self._input_dtype))[0]
