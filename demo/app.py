@@ -311,6 +311,10 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
 def launch(demo: gr.Blocks, config: settings.Settings, **overrides: Any):
     """Queue and launch with safe defaults: no share link, capped uploads, concurrency fit for the CPU."""
+    # uvicorn replaces the peer with an X-Forwarded-For entry when the peer is loopback (FORWARDED_ALLOW_IPS):
+    # a local process could then pose as any client. The access policy reads forwarded headers itself, as far
+    # as forwarded_hops says, so uvicorn must hand over the socket's own peer.
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
     demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
     options = dict(server_name=config.host, server_port=config.port, share=False,
                    max_file_size=int(config.max_upload_mb * 1_000_000), footer_links=["api"],

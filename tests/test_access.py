@@ -263,6 +263,7 @@ def _upload(url: str) -> dict:
 
 def test_another_client_cannot_delete_a_session_by_its_hash(servers):
     demo, url, config = servers(0)
+    demo.studio.access.limiter._seen.clear()  # the rate limit is not what this test is about
     victim = secrets.token_hex(6)
     loaded = _queue_call(url, "issue_key", [None], victim)
     key = loaded["output"]["data"][0]
@@ -328,3 +329,107 @@ def test_guesses_an_attacker_gets_in_34_seconds_and_an_hour():
                 compared[limit] += now[0] <= limit
     print(f"wrong guesses compared: {compared[34]} in 34 s, {compared[3600]} in an hour (200 in 34 s before)")
     assert compared[34] <= 8 and compared[3600] <= 20
+
+
+# -- an unreachable hub ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def silent_hub():
+    """A loopback socket that accepts connections and never answers; yields its URL."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def _hub_cache(tmp_path: Path, tiny_classifier_dir: Path) -> Path:
+    """A Hugging Face cache holding imagerec-test/tiny-vit at one commit, and nothing else."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--imagerec-test--tiny-vit"
+    import shutil
+    shutil.copytree(tiny_classifier_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return tmp_path / "hub"
+
+
+def _hub_env(cache: Path, endpoint: str) -> dict:
+    import os
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": endpoint,
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.pop("HF_HUB_OFFLINE", None)
+    return env
+
+
+LOAD_PROBE = """
+import time
+from pipelines.classify import Classifier
+from pipelines.models import ModelLoadError
+for model in ("imagerec-test/not-cached", "imagerec-test/tiny-vit"):  # the first one pays for the hub probe
+    start = time.monotonic()
+    try:
+        loaded = Classifier(model, device="cpu").load()
+        print("LOADED", model, loaded.revision, round(time.monotonic() - start, 1))
+    except ModelLoadError as exc:
+        print("FAILED", model, round(time.monotonic() - start, 1), "|", exc)
+"""
+
+
+@pytest.mark.parametrize("kind", ["closed port", "never answers"])
+def test_an_unreachable_hub_fails_fast_or_loads_from_the_cache(silent_hub, tiny_classifier_dir, tmp_path, kind):
+    import subprocess
+    import sys
+
+    endpoint = silent_hub if kind == "never answers" else f"http://127.0.0.1:{free_port()}"
+    env = _hub_env(_hub_cache(tmp_path, tiny_classifier_dir), endpoint)
+    out = subprocess.run([sys.executable, "-c", LOAD_PROBE], env=env, capture_output=True, text=True, timeout=300)
+    lines = {line.split()[1]: line.split() for line in out.stdout.splitlines() if line.startswith(("LOADED", "FAILED"))}
+    assert lines["imagerec-test/tiny-vit"][0] == "LOADED", out.stdout + out.stderr[-2000:]
+    assert lines["imagerec-test/tiny-vit"][2] == "0123456789abcdef0123456789abcdef01234567"
+    failed = lines["imagerec-test/not-cached"]
+    assert failed[0] == "FAILED" and "cannot be reached" in out.stdout and "hf download" in out.stdout
+    seconds = float(failed[2])
+    assert seconds < 30, f"{kind}: failing took {seconds} s"  # it took 100 to 175 s before (and > 600 s here)
+    logged = [line for line in out.stderr.splitlines() if "Could not load the classifier" in line]
+    assert len(logged) == 1 and "imagerec-test/not-cached" in logged[0], out.stderr[-2000:]
+    print(f"hub {kind}: the cached model loaded, the missing one failed in {seconds} s with one log line")
+
+
+def test_the_page_says_at_once_which_model_failed_when_the_hub_never_answers(silent_hub, tiny_classifier_dir,
+                                                                           tmp_path):
+    port = free_port()
+    env = _hub_env(_hub_cache(tmp_path, tiny_classifier_dir), silent_hub)
+    args = ["--classifier", "imagerec-test/tiny-vit", "--captioner", "imagerec-test/not-cached-blip",
+            "--db", str(tmp_path / "log.duckdb"), "--port", str(port)]
+    with demo_process(args, env=env) as process:
+        url = f"http://127.0.0.1:{port}/"
+        wait_for_http(url, process)
+        status = ""
+        for _ in range(60):  # the probe's 3 s, then the failure; loaded or failed well within this
+            status = _queue_call(url, "status", [], secrets.token_hex(6))["output"]["data"][0]
+            if "loading" not in status:
+                break
+            wait_for_http(url, process)
+        assert "The captioner is not available" in status and "imagerec-test/not-cached-blip" in status, status
+        assert "cannot be reached" in status and "classifier: `imagerec-test/tiny-vit`" in status, status
+        with pytest.raises(Exception, match="not-cached-blip.*cannot be reached"):
+            Client(url, verbose=False).predict(handle_file(str(PHOTO)), api_name="/predict")
+    output = process.stdout.read()
+    logged = [line for line in output.splitlines() if "Could not load the" in line]
+    assert len(logged) == 1 and "not-cached-blip" in logged[0], output[-3000:]
