@@ -29,6 +29,8 @@ def _header_values(headers: Any, name: str) -> list[str]:
         return []
     if hasattr(headers, "getlist"):  # Starlette/Gradio Headers: repeated lines kept, case-insensitive
         return [str(v) for v in headers.getlist(name)]
+    if hasattr(headers, "get_all"):  # Streamlit's st.context.headers
+        return [str(v) for v in headers.get_all(name)]
     if isinstance(headers, Mapping):
         return [str(v) for k, v in headers.items() if str(k).lower() == name]
     values = []

@@ -59,6 +59,17 @@ def test_client_identity_takes_settings_and_the_configured_header():
     assert client_identity(raw, "10.0.0.3", 3) == "127.0.0.1"  # only as deep as the operator said to trust
 
 
+def test_client_identity_reads_streamlit_and_starlette_headers():
+    from starlette.datastructures import Headers
+    from streamlit.runtime.context import StreamlitHeaders
+
+    pairs = [("X-Forwarded-For", "127.0.0.1"), ("x-forwarded-for", "198.51.100.5")]
+    assert client_identity(StreamlitHeaders(pairs), "10.0.0.3", 1) == "198.51.100.5"
+    assert client_identity(Headers(raw=[(k.lower().encode(), v.encode()) for k, v in pairs]), "10.0.0.3", 2) \
+        == "127.0.0.1"
+    assert access.is_forwarded(StreamlitHeaders([("Forwarded", "for=1.2.3.4")]))
+
+
 def test_a_space_trusts_one_hop_unless_told_otherwise():
     assert settings.from_env({"SPACE_ID": "team/imagerec"}).forwarded_hops == 1
     assert settings.from_env({"SPACE_ID": "x", "IMAGEREC_FORWARDED_HOPS": "0"}).forwarded_hops == 0
@@ -433,3 +444,32 @@ def test_the_page_says_at_once_which_model_failed_when_the_hub_never_answers(sil
     output = process.stdout.read()
     logged = [line for line in output.splitlines() if "Could not load the" in line]
     assert len(logged) == 1 and "not-cached-blip" in logged[0], output[-3000:]
+
+
+def test_the_dashboard_backs_off_and_does_not_compare_while_locked(monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    now = [1000.0]
+    throttle = LoginThrottle(clock=lambda: now[0])
+    monkeypatch.setitem(access._THROTTLES, "dashboard", throttle)
+    monkeypatch.setenv("IMAGEREC_DB", str(tmp_path / "missing.duckdb"))
+    monkeypatch.setenv("IMAGEREC_DASHBOARD_PASSWORD", "hunter2-but-longer")
+    app = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+
+    def sign_in(at: AppTest, password: str) -> list[str]:
+        next(t for t in at.text_input if t.label == "Password").input(password)
+        at.button[0].click().run()
+        return [e.value for e in at.error]
+
+    at = AppTest.from_file(app, default_timeout=60).run()
+    assert [sign_in(at, "wrong") for _ in range(throttle.free - 1)] == [["Wrong password."]] * (throttle.free - 1)
+    assert sign_in(at, "wrong") == [f"Wrong password. Try again in {throttle.base:.0f} s."]
+    # a new session (a reload, another tab, a script) is the same client and waits too
+    at = AppTest.from_file(app, default_timeout=60).run()
+    assert sign_in(at, "hunter2-but-longer") == [f"Too many wrong passwords. Try again in {throttle.base:.0f} s."]
+    assert not at.metric and any(t.label == "Password" for t in at.text_input), "signed in while locked out"
+    now[0] += throttle.base
+    assert sign_in(at, "still wrong") == [f"Wrong password. Try again in {2 * throttle.base:.0f} s."]
+    now[0] += 2 * throttle.base
+    assert sign_in(at, "hunter2-but-longer") == []
+    assert not any(t.label == "Password" for t in at.text_input)
