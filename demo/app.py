@@ -290,8 +290,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         up.click(thumbs_up, [current, history], [history, table, message, correction], **feedback)
         down.click(thumbs_down, [current, history], [history, table, message, correction], **feedback)
         correct.click(save_correction, [current, right_label, history], [history, table, message], **feedback)
-        forget.click(forget_session, [page_key, issued_key], [photo, history, table, labels, current, caption, verdict_row,
-                                            correction, message], **feedback)
+        forget.click(forget_session, [page_key, issued_key], [photo, history, table, labels, current, caption,
+                                                              verdict_row, correction, message], **feedback)
 
         # Endpoints for programs (gradio_client): the UI above stays private.
         api_photo = PhotoInput(type="filepath", image_mode=None, visible=False)
