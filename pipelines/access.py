@@ -72,11 +72,15 @@ def is_loopback(address: str | None) -> bool:
 
 
 def _forwarded_for(value: str) -> list[str]:
-    """The for= parameters of an RFC 7239 Forwarded header value, in order (one per proxy element)."""
+    """The for= parameter of each element of an RFC 7239 Forwarded value, in order ("" where an element has none).
+
+    Each proxy adds one element, so an element without for= still counts as a hop: skipping it would shift the
+    count from the right onto an entry the client wrote.
+    """
     found = []
     for element in value.split(","):
         pairs = [part.split("=", 1) for part in element.split(";") if "=" in part]
-        found.extend(v.strip() for k, v in pairs if k.strip().lower() == "for")
+        found.append(next((v.strip() for k, v in pairs if k.strip().lower() == "for"), ""))
     return found
 
 
@@ -87,7 +91,7 @@ def forwarded_chain(headers: Any, header: str = "x-forwarded-for") -> list[str]:
         entries = [e for v in values for e in _forwarded_for(v)]
     else:
         entries = [e.strip() for v in values for e in v.split(",")]
-    return [e for e in entries if e][-MAX_ENTRIES:]
+    return entries[-MAX_ENTRIES:]  # an empty entry still counts as a hop; it names nobody, so the peer is used
 
 
 def client_identity(headers: Any, peer: str | None, settings_or_hops: Any = 0,

@@ -48,6 +48,8 @@ def test_client_identity_takes_settings_and_the_configured_header():
     config = settings.Settings.defaults(forwarded_hops=1, forwarded_header="forwarded")
     headers = {"Forwarded": 'for=127.0.0.1;proto=http, for="[2001:db8::7]:80";by=proxy', XFF: "198.51.100.9"}
     assert client_identity(headers, "10.0.0.3", config) == "2001:db8::7"
+    # an element without for= is still a proxy's hop: the count from the right does not slide left
+    assert client_identity({"Forwarded": "for=127.0.0.1, by=proxy"}, "10.0.0.3", config) == "10.0.0.3"
     real_ip = settings.Settings.defaults(forwarded_hops=1, forwarded_header="x-real-ip")
     assert client_identity({"X-Real-IP": "198.51.100.4", XFF: "1.2.3.4"}, "10.0.0.3", real_ip) == "198.51.100.4"
     # two X-Real-IP lines: one came from the client, and the proxy did not overwrite it
