@@ -172,6 +172,11 @@ class RateLimiter:
             window.append(now)
             return 0.0
 
+    def reset(self) -> None:
+        """Forget every client's requests (a fresh minute for all)."""
+        with self._lock:
+            self._seen.clear()
+
 
 # -- the policy the Studio owns -----------------------------------------------------------------------------
 

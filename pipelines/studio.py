@@ -119,8 +119,8 @@ class Studio:
         # Gradio's session hash is chosen by the client and its server-side State is looked up by it, so neither
         # proves who calls: the key does, as the server sent it only to the page that opened the session.
         if not (session_id and access.same_key(key, issued)):
-            raise RequestRejected("This page cannot show that it made these predictions, so nothing was deleted. "
-                                  "Reload the page, or delete one prediction by its id with /delete_my_data.")
+            raise RequestRejected("This page cannot show that it made these predictions, so nothing was deleted; "
+                                  "delete a prediction by its id with /delete_my_data instead.")
         return self.delete_data(session_id=session_id)
 
     def purge_older_than(self, days: float) -> Deleted:
