@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import sys
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from typing import Mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts dashboard/, not the repo root, on the path
@@ -16,7 +18,7 @@ import duckdb  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from dashboard import charts, export, logfile, metrics, queries, stats  # noqa: E402
-from pipelines import eventlog, settings  # noqa: E402
+from pipelines import access, eventlog, settings  # noqa: E402
 
 CONFIG = settings.from_env()  # the one place the dashboard reads the environment
 REFRESH = CONFIG.refresh_seconds if CONFIG.refresh_seconds > 0 else None
@@ -58,8 +60,15 @@ def expected_password() -> str:
         return ""
 
 
+def login_client() -> str:
+    """Who is guessing, for the login backoff: the connection's address, read as the demo reads it."""
+    address, headers = st.context.ip_address, st.context.headers
+    peer = address if isinstance(address, str) and address else "127.0.0.1"  # None means a loopback connection
+    return access.client_identity(headers if isinstance(headers, Mapping) else {}, peer, CONFIG) or peer
+
+
 def authorised() -> bool:
-    """Ask for the password once per session when one is set."""
+    """Ask for the password once per session when one is set; back off after wrong ones."""
     expected = expected_password()
     if not expected:
         return True
@@ -72,10 +81,20 @@ def authorised() -> bool:
         given = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
+        # process-wide, so a new browser session (or a script opening many) does not start with a clean slate
+        throttle = access.login_throttle("dashboard")
+        client = login_client()
+        wait = throttle.wait(client)
+        if wait > 0:  # locked out: the guess is not even compared
+            st.error(f"Too many wrong passwords. Try again in {math.ceil(wait)} s.")
+            return False
         if hmac.compare_digest(given.encode(), expected.encode()):
+            throttle.succeeded(client)
             st.session_state["authorised"] = token
             st.rerun()
-        st.error("Wrong password.")
+        throttle.failed(client)
+        wait = throttle.wait(client)
+        st.error(f"Wrong password. Try again in {math.ceil(wait)} s." if wait > 0 else "Wrong password.")
     return False
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import hmac
-import ipaddress
 import os
 import sys
 import tempfile
@@ -21,7 +19,7 @@ if __package__ in (None, ""):  # run as `python demo/app.py`, as a Hugging Face 
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 
-from pipelines import settings  # noqa: E402
+from pipelines import access, settings  # noqa: E402
 from pipelines.eventlog import FeedbackRejected  # noqa: E402
 from pipelines.intake import ImageRejected  # noqa: E402
 from pipelines.models import ModelLoadError  # noqa: E402
@@ -78,21 +76,12 @@ def _user_error(exc: Exception) -> gr.Error:
     return gr.Error(str(exc), print_exception=False)
 
 
-def client_address(request: gr.Request | None) -> str | None:
-    """The caller's address, for the rate limit (behind a Space's proxy: the first forwarded address)."""
+def client_address(request: gr.Request | None, policy: access.Access | None = None) -> str | None:
+    """The caller's address as the access policy resolves it (forwarded headers only from trusted proxies)."""
     if request is None:
         return None
-    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip() if request.headers else ""
-    if forwarded and os.environ.get("SPACE_ID"):
-        return forwarded
-    return request.client.host if request.client else None
-
-
-def _is_loopback(address: str | None) -> bool:
-    try:
-        return bool(address) and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
+    peer = request.client.host if request.client else None
+    return (policy or access.Access()).client(request.headers, peer)
 
 
 def _in_upload_cache(path: str) -> bool:
@@ -118,7 +107,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             uploads.setdefault(session, set()).add(photo)
         try:
             for result in studio.predict_steps(photo, prompt=prompt, origin="demo", session_id=session,
-                                               client=client_address(request)):
+                                               client=client_address(request, studio.access)):
                 scores = {item["label"]: item["score"] for item in result["labels"]}
                 if result["caption"] is None:
                     yield (scores, gr.Textbox(value="", placeholder="Writing a caption…"), result, history,
@@ -164,9 +153,19 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             raise gr.Error("Pick the right label from the list first.")
         return record(current, history, f"👎 should be “{label}”", verdict="down", corrected_label=label)
 
-    def forget_session(request: gr.Request):
+    def issue_key(issued: str | None):
+        """Hand this page its session key once; a later load with the same session hash gets nothing."""
+        if issued:
+            return gr.skip(), gr.skip()
+        key = access.new_session_key()
+        return key, key
+
+    def forget_session(key: str | None, issued: str | None, request: gr.Request):
         session = request.session_hash if request else None
-        deleted = studio.delete_data(session_id=session)
+        try:
+            deleted = studio.delete_session(session, key, issued)
+        except RequestRejected as exc:
+            raise _user_error(exc) from None
         for path in uploads.pop(session, set()):
             try:
                 Path(path).unlink()
@@ -179,7 +178,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         if not photo:
             raise gr.Error("Send an image file.")
         try:
-            result = studio.predict(photo, prompt=prompt, origin="api", client=client_address(request))
+            result = studio.predict(photo, prompt=prompt, origin="api",
+                                    client=client_address(request, studio.access))
         except USER_ERRORS as exc:
             raise _user_error(exc) from None
         finally:
@@ -203,13 +203,13 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         return {"deleted": deleted.__dict__, "message": deleted.sentence()}
 
     def admin(request: gr.Request | None, token: str | None) -> None:
-        """Open on this machine while no admin password is set; closed to anyone without it once it is."""
-        if config.admin_password:
-            if not (token and hmac.compare_digest(token.encode(), config.admin_password.encode())):
-                raise gr.Error("Admin actions need the admin password.", print_exception=False)
-        elif not _is_loopback(client_address(request)):
-            raise gr.Error("Admin actions are open only from this machine until an admin password is set.",
-                           print_exception=False)
+        """Open to a direct connection from this machine while no admin password is set; else only with it."""
+        headers = request.headers if request else None
+        peer = request.client.host if request and request.client else None
+        try:
+            studio.access.check_admin(headers, peer, token)
+        except access.AccessDenied as exc:
+            raise _user_error(exc) from None
 
     def admin_reload(token: str | None = None, request: gr.Request = None) -> dict:
         """Try again to load the models that failed (the hub is back, a folder was fixed)."""
@@ -246,6 +246,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         model_status = gr.Markdown(elem_id="model-status")
         timer = gr.Timer(2.0)
         current = gr.State(None)
+        issued_key = gr.State(None)  # the key this session's page was given (server side, found by session hash)
         history = gr.State([])
         with gr.Row():
             with gr.Column(scale=1):
@@ -268,6 +269,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                                               filterable=True, elem_id="corrected-label")
                     correct = gr.Button("Save the right label", elem_id="save-correction")
                 message = gr.Markdown(elem_id="message")
+        page_key = gr.Textbox(visible=False, elem_id="session-key")  # held by the page, sent back to delete
         table = gr.Dataframe(headers=HISTORY_COLUMNS, label="Your recent predictions", interactive=False,
                              elem_id="history", wrap=True)
         with gr.Row():
@@ -276,6 +278,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                         "answers. *Delete my data* removes this session's predictions, feedback and copies.")
 
         demo.load(status, outputs=[model_status, timer], api_visibility="private")
+        demo.load(issue_key, inputs=issued_key, outputs=[page_key, issued_key], api_visibility="private")
         timer.tick(status, outputs=[model_status, timer], api_visibility="private")
         analysis = dict(fn=analyze, inputs=[photo, prompt, history],
                         outputs=[labels, caption, current, history, table, verdict_row, correction, right_label,
@@ -287,8 +290,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         up.click(thumbs_up, [current, history], [history, table, message, correction], **feedback)
         down.click(thumbs_down, [current, history], [history, table, message, correction], **feedback)
         correct.click(save_correction, [current, right_label, history], [history, table, message], **feedback)
-        forget.click(forget_session, None, [photo, history, table, labels, current, caption, verdict_row,
-                                            correction, message], **feedback)
+        forget.click(forget_session, [page_key, issued_key], [photo, history, table, labels, current, caption,
+                                                              verdict_row, correction, message], **feedback)
 
         # Endpoints for programs (gradio_client): the UI above stays private.
         api_photo = PhotoInput(type="filepath", image_mode=None, visible=False)
@@ -308,6 +311,10 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
 def launch(demo: gr.Blocks, config: settings.Settings, **overrides: Any):
     """Queue and launch with safe defaults: no share link, capped uploads, concurrency fit for the CPU."""
+    # uvicorn replaces the peer with an X-Forwarded-For entry when the peer is loopback (FORWARDED_ALLOW_IPS):
+    # a local process could then pose as any client. The access policy reads forwarded headers itself, as far
+    # as forwarded_hops says, so uvicorn must hand over the socket's own peer.
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
     demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
     options = dict(server_name=config.host, server_port=config.port, share=False,
                    max_file_size=int(config.max_upload_mb * 1_000_000), footer_links=["api"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -12,6 +13,8 @@ import torch
 
 from . import precision as prec
 from . import registry
+
+log = logging.getLogger(__name__)
 
 # Failure kinds a ModelLoadError carries, so callers can react without parsing text.
 OFFLINE = "offline"
@@ -26,6 +29,40 @@ OTHER = "other"
 _NETWORK_ERROR_NAMES = {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "TransportError",
                         "ReadTimeout", "ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
                         "RevisionResolutionError", "gaierror"}
+
+
+HUB_PROBE_TIMEOUT_S = 3.0  # a reachable hub answers a HEAD in well under this; an unreachable one never does
+_hub_probes: dict[str, str | None] = {}  # endpoint -> why it cannot be reached, or None; once per process
+_hub_probe_lock = threading.Lock()
+
+
+def hub_unreachable(refresh: bool = False, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub (HF_ENDPOINT) cannot be reached, or None if it answers; probed once per process.
+
+    huggingface_hub retries every file with backoff when the hub does not answer, which kept the page "loading"
+    for minutes: one short probe decides instead, and the models then load from the local cache or fail at once.
+    """
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return None  # offline mode never asks the hub; nothing to probe
+    endpoint = constants.ENDPOINT
+    with _hub_probe_lock:
+        if refresh or endpoint not in _hub_probes:
+            _hub_probes[endpoint] = _probe(endpoint, timeout)
+        return _hub_probes[endpoint]
+
+
+def _probe(endpoint: str, timeout: float) -> str | None:
+    import httpx
+
+    try:
+        httpx.head(endpoint, timeout=timeout)  # any HTTP answer, even an error status, means it is reachable
+    except httpx.TimeoutException:
+        return f"{endpoint} did not answer within {timeout:g} s"
+    except httpx.HTTPError as exc:
+        return f"{endpoint}: {one_line(exc)}"
+    return None
 
 
 class ModelLoadError(RuntimeError):
@@ -179,15 +216,17 @@ class LazyModel:
             if self._error is not None and not retry:
                 raise self._error
             try:
-                self._load_locked()
+                self._load_locked(retry)
             except ModelLoadError as exc:
                 self._error = exc
+                # one line per failed model, so the operator sees which one and why without opening the page
+                log.error("%s", str(exc).replace("\n", " "))
                 raise
             self._error = None
             self._loaded = True
         return self
 
-    def _load_locked(self) -> None:
+    def _load_locked(self, retry: bool = False) -> None:
         try:
             self._device = resolve_device(self._device_name)
         except ValueError as exc:
@@ -197,7 +236,7 @@ class LazyModel:
         except ValueError as exc:
             raise self._failure(f"{exc}", PRECISION) from None
         try:
-            source, pretrained_kwargs, revision = self._locate()
+            source, pretrained_kwargs, revision = self._locate(retry)
             try:
                 self._load_components(source, pretrained_kwargs)
             except ModelLoadError:
@@ -209,7 +248,7 @@ class LazyModel:
             raise
         self._revision = revision
 
-    def _locate(self) -> tuple[str, dict, str]:
+    def _locate(self, retry: bool = False) -> tuple[str, dict, str]:
         """The path or id to load, the from_pretrained kwargs, and the revision to record."""
         model = self._model_id
         if is_local_folder(model):
@@ -222,24 +261,31 @@ class LazyModel:
             where = Path(model).expanduser().resolve()
             what = "is a file, not a folder" if where.exists() else "does not exist"
             raise self._failure(f"the local folder {where} {what}. {self._folder_hint()}", NO_FOLDER)
-        revision = self._resolve_hub_revision()
+        down = hub_unreachable(refresh=retry)  # a retry (admin_reload) asks again: the hub may be back
+        revision = self._resolve_hub_revision(down)
         commit = getattr(revision, "resolved", None) or str(revision)
         kwargs = {"revision": revision}
-        if _cached(model, commit):
+        if down or _cached(model, commit):
             # A commit never changes, so a cached snapshot is complete: no file lookups on the hub, which
             # would otherwise retry for many seconds when it cannot be reached.
             kwargs["local_files_only"] = True
         return model, kwargs, commit
 
-    def _resolve_hub_revision(self):
+    def _resolve_hub_revision(self, down: str | None = None):
         """The asked (or pinned) revision resolved to a commit once, so every file comes from one commit."""
         from huggingface_hub import HfApi, constants
 
         asked = registry.revision_for(self._model_id, self._asked_revision)
         try:
             return HfApi().resolve_revision(self._model_id, revision=asked,
-                                            local_files_only=constants.is_offline_mode())
+                                            local_files_only=bool(down) or constants.is_offline_mode())
         except Exception as exc:  # unreachable hub, unknown repo or revision: say so now, not after retries
+            if down and classify_failure(exc) == OFFLINE:
+                raise self._failure(
+                    f"the Hugging Face hub cannot be reached ({down}) and the model is not in the local cache. "
+                    f"Download it once with `hf download {self._model_id}"
+                    f"{f' --revision {asked}' if asked else ''}` or point {self._setting()} at a local folder "
+                    "that holds it.", OFFLINE, asked) from None
             raise self._explain(exc, asked) from None
 
     def _explain(self, exc: BaseException, revision: str | None = None) -> ModelLoadError:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = ROOT / "data" / "imagerec.duckdb"
 DEFAULT_IMAGES = ROOT / "data" / "images"
+SPACE_PROXY_HOPS = 1  # a Hugging Face Space's proxy appends the address it saw to X-Forwarded-For
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retention_days", 0.0, "Delete predictions, their feedback and kept images older than this many "
             "days; 0 keeps them.", type=float),
     Setting("rate_limit", 30, "Predictions one client may ask for per minute; 0 turns the limit off.", type=int),
+    Setting("forwarded_hops", 0, "How many proxies in front of the demo to trust: the client is the address that "
+            "many entries from the right of the forwarded header; 0 trusts no header (the connection's address); "
+            "1 on a Hugging Face Space unless set.", type=int),
+    Setting("forwarded_header", "x-forwarded-for", "Which header the trusted proxies write the client into: "
+            "x-forwarded-for, forwarded (RFC 7239 for=) or x-real-ip; read only when forwarded_hops is above 0.",
+            choices=("x-forwarded-for", "forwarded", "x-real-ip")),
     Setting("admin_password", "", "Secret for admin actions (model reload, purge, export); empty allows them "
             "from this machine only."),
     Setting("refresh_seconds", 5.0, "How often the dashboard re-reads the log; 0 turns it off.", type=float),
@@ -112,6 +119,8 @@ class Settings:
     images_dir: str
     retention_days: float
     rate_limit: int
+    forwarded_hops: int
+    forwarded_header: str
     admin_password: str
     refresh_seconds: float
     dashboard_password: str
@@ -147,6 +156,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         values[s.name] = _convert(s, environ[s.env]) if s.env in environ else s.default
     if "SPACE_ID" in environ and BY_NAME["host"].env not in environ:
         values["host"] = "0.0.0.0"
+    if "SPACE_ID" in environ and BY_NAME["forwarded_hops"].env not in environ:
+        values["forwarded_hops"] = SPACE_PROXY_HOPS  # a Space's proxy appends the client's address: trust one
     return Settings(**values)
 
 

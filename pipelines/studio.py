@@ -7,12 +7,13 @@ import threading
 from datetime import timedelta
 from typing import Any, Iterator
 
+from pipelines import access
+from pipelines.access import Access
 from pipelines.caption import Captioner
 from pipelines.classify import Classifier
 from pipelines.eventlog import EventLog, utcnow
 from pipelines.intake import Limits
 from pipelines.privacy import Deleted, ImageStore
-from pipelines.ratelimit import RateLimiter
 from pipelines.recognizer import Recognizer, prediction_row
 from pipelines.settings import Settings
 
@@ -29,11 +30,11 @@ class RequestRejected(ValueError):
 class Studio:
     """Predictions that are logged before they are answered, and feedback on them."""
 
-    def __init__(self, recognizer: Recognizer, log: EventLog, limiter: RateLimiter | None = None,
+    def __init__(self, recognizer: Recognizer, log: EventLog, access: Access | None = None,
                  retention_days: float = 0.0):
         self.recognizer = recognizer
         self.log = log
-        self.limiter = limiter or RateLimiter(0)
+        self.access = access or Access()
         self.retention_days = retention_days
         self._stop = threading.Event()
         if retention_days > 0:
@@ -53,7 +54,7 @@ class Studio:
         recognizer = Recognizer(classifier, captioner, limits, top_k=config.top_k, cache_size=config.cache_size,
                                 store=store)
         log = EventLog(config.db, flush_interval=config.flush_interval, fsync=config.fsync).open()
-        return cls(recognizer, log, RateLimiter(config.rate_limit), config.retention_days)
+        return cls(recognizer, log, Access.from_settings(config), config.retention_days)
 
     def warm_up(self, background: bool = True) -> threading.Thread | None:
         """Load both models now, so the first visitor does not wait for it."""
@@ -83,10 +84,10 @@ class Studio:
         """Yield labels first, then the complete result once it is in the log."""
         if prompt and len(prompt) > MAX_PROMPT_CHARS:
             raise RequestRejected(f"The caption prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
-        wait = self.limiter.retry_after(client) if client else 0
+        wait = self.access.retry_after(client)
         if wait:
-            raise RequestRejected(f"Too many requests from your address: the limit is {self.limiter.per_minute} "
-                                  f"predictions a minute. Try again in {wait:.0f} s.")
+            raise RequestRejected(f"Too many requests from your address: the limit is "
+                                  f"{self.access.limiter.per_minute} predictions a minute. Try again in {wait:.0f} s.")
         steps = self.recognizer.steps(source, prompt=prompt)
         yield next(steps)
         result = next(steps)
@@ -112,6 +113,15 @@ class Studio:
             raise RequestRejected("Say whose data to delete: a session or a prediction id.")
         where, params = ("session_id = ?", [session_id]) if session_id else ("id = ?", [prediction_id])
         return self._delete(where, params)
+
+    def delete_session(self, session_id: str | None, key: str | None, issued: str | None) -> Deleted:
+        """Delete a session's data, only for the page that holds the key the server issued to that session."""
+        # Gradio's session hash is chosen by the client and its server-side State is looked up by it, so neither
+        # proves who calls: the key does, as the server sent it only to the page that opened the session.
+        if not (session_id and access.same_key(key, issued)):
+            raise RequestRejected("This page cannot show that it made these predictions, so nothing was deleted; "
+                                  "delete a prediction by its id with /delete_my_data instead.")
+        return self.delete_data(session_id=session_id)
 
     def purge_older_than(self, days: float) -> Deleted:
         """Delete predictions, their feedback and kept images older than `days`."""
