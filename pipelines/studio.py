@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pipelines.caption import Captioner
 from pipelines.classify import Classifier
@@ -35,6 +35,7 @@ class Studio:
         self.log = log
         self.limiter = limiter or RateLimiter(0)
         self.retention_days = retention_days
+        self.after_delete: list[Callable[[], Any]] = []  # run when rows went, e.g. to drop exports holding them
         self._stop = threading.Event()
         if retention_days > 0:
             threading.Thread(target=self._retain, name="retention", daemon=True).start()
@@ -121,7 +122,11 @@ class Studio:
         removed = self.log.delete(where, params)
         self.recognizer.forget(removed.hashes)  # a deleted photo's answers go from memory too
         store = self.recognizer.store
-        return Deleted(len(removed.ids), removed.feedback, store.delete(removed.images) if store else 0)
+        deleted = Deleted(len(removed.ids), removed.feedback, store.delete(removed.images) if store else 0)
+        if deleted.predictions or deleted.feedback:
+            for hook in self.after_delete:
+                hook()
+        return deleted
 
     def _retain(self) -> None:
         while True:
