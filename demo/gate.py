@@ -70,6 +70,9 @@ class Gate:
         register the written paths with the upload references before the client learns them."""
         client = self.identify(Headers(scope=scope), (scope.get("client") or (None,))[0]) or "unknown"
         length = _content_length(scope)
+        if length and 0 < self.budget.max_bytes < length:
+            return await _refuse(send, 413, f"The upload is {length / 1e6:,.1f} MB, more than one client may upload "
+                                            f"in a minute ({self.budget.max_bytes / 1e6:g} MB).")
         if length:
             wait = self.budget.take(client, length)
             if wait:

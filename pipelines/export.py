@@ -52,6 +52,17 @@ class ExportShelf:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._sweep_leftovers()
+
+    def _sweep_leftovers(self) -> None:
+        """Remove exports a previous process left (killed before its sweep), once past the TTL."""
+        cutoff = time.time() - self.ttl
+        for folder in self.folder.glob("imagerec-export-*") if self.folder.is_dir() else ():
+            try:
+                if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                pass
 
     def write(self, db: str | os.PathLike) -> Path:
         """Export the log into a new private folder named by a random token; returns the file."""
@@ -60,13 +71,13 @@ class ExportShelf:
         folder.mkdir(mode=0o700, parents=True)
         target = to_parquet(db, folder)
         with self._lock:
-            self._made[str(target)] = self.clock()
+            self._made[os.path.realpath(target)] = self.clock()
         self._start_sweeper()
         return target
 
     def __contains__(self, path: object) -> bool:
         with self._lock:
-            return str(path) in self._made
+            return os.path.realpath(str(path)) in self._made
 
     def __len__(self) -> int:
         with self._lock:
@@ -74,7 +85,7 @@ class ExportShelf:
 
     def downloaded(self, path: str) -> bool:
         """A file was served in full: remove it if it is one of ours."""
-        return self._remove([path]) > 0
+        return self._remove([os.path.realpath(path)]) > 0
 
     def sweep(self) -> int:
         """Remove exports older than the TTL; returns how many went."""

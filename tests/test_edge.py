@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
+from playwright.sync_api import expect
 
 from pipelines.export import ExportShelf
 from pipelines.uploads import UploadBudget, UploadRefs
@@ -321,7 +322,7 @@ def test_an_export_not_fetched_goes_after_its_ttl(tmp_path):
     db = tmp_path / "log.duckdb"
     with EventLog(db) as log:
         log.log_prediction(sample_row(1))
-    shelf = ExportShelf(tmp_path / "exports", ttl=0.3)
+    shelf = ExportShelf(tmp_path / "exports", ttl=5.0)
     paths = [shelf.write(db) for _ in range(3)]
     assert all(p.exists() for p in paths) and oct(paths[0].parent.stat().st_mode & 0o777) == "0o700"
     deadline = time.monotonic() + 30
@@ -330,3 +331,42 @@ def test_an_export_not_fetched_goes_after_its_ttl(tmp_path):
     assert not any(p.exists() for p in paths) and len(shelf) == 0
     assert not list((tmp_path / "exports").iterdir())
     shelf.close()
+
+
+def _demo_rows(demo, db) -> int:
+    from pipelines import eventlog
+    demo.studio.log.flush()
+    return len(eventlog.query(db, "SELECT id FROM predictions WHERE source = 'demo'"))
+
+
+@pytest.mark.browser
+def test_a_visitor_and_an_api_caller_with_the_same_photo(browser, tiny_classifier_dir, tiny_captioner_dir, tmp_path):
+    """The API caller's copy goes without breaking the visitor's page; Delete my data then removes the copy."""
+    photo = _unique_photo(tmp_path, "shared-by-two.jpg")
+    config = test_settings(tiny_classifier_dir, tiny_captioner_dir, tmp_path / "log.duckdb", rate_limit=0)
+    with launched(config) as (demo, url):
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            page.goto(url)
+            page.locator("#photo input[type=file]").set_input_files(str(photo))
+            page.wait_for_function("el => el.value.length > 0", arg=page.locator("#caption textarea").element_handle(),
+                                   timeout=60_000)
+            cached = list(_upload_folder().rglob(photo.name))
+            assert len(cached) == 1
+            client = Client(url, verbose=False)
+            for _ in range(3):  # the same bytes from a program: one path in Gradio's cache
+                assert client.predict(handle_file(str(photo)), api_name="/predict")["labels"]
+            assert cached[0].exists(), "an API call deleted the copy the visitor's page still uses"
+            page.locator("#recognize").click()  # the visitor runs it again on the same copy
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and _demo_rows(demo, config.db) < 2:
+                time.sleep(0.2)
+            assert _demo_rows(demo, config.db) == 2, "the visitor's second run on the shared copy failed"
+            page.locator("#delete-my-data").click()
+            page.locator("#message").get_by_text("Deleted 2 prediction(s)", exact=False).wait_for(timeout=60_000)
+            expect(page.locator("#message")).to_contain_text("1 uploaded copy(ies)")
+            assert "could not be found" not in page.content()
+        finally:
+            page.close()
+    assert not cached[0].exists() and not cached[0].parent.exists(), "Delete my data left the cached copy"
+    assert len(demo.upload_refs) == 0
