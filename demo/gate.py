@@ -199,7 +199,8 @@ def _closing_delimiter(scope: dict) -> bytes:
     """The delimiter that ends a multipart body (b"" when the request names no boundary)."""
     content_type = Headers(scope=scope).get("content-type", "")
     match = re.search(r'boundary="?([^";]+)"?', content_type)
-    return b"--" + match.group(1).encode("latin-1") + b"--" if match else b""
+    # preceded by CRLF it can only be the real end: inside a part, CRLF--boundary would end that part too
+    return b"\r\n--" + match.group(1).encode("latin-1") + b"--" if match else b""
 
 
 def _content_length(scope: dict) -> int | None:

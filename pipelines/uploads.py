@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import defaultdict, deque
@@ -10,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-log = logging.getLogger(__name__)
 
 # Gradio's cache cleaner removes files older than this anyway; a claim nobody used by then is moot.
 CLAIM_TTL_S = 900.0
@@ -133,7 +131,11 @@ class UploadRefs:
                 elif now - entry.touched > self.claim_ttl and not entry.claims:
                     # held by a session long idle: Gradio's cleaner owns the file now; keep the table small
                     for holder in entry.holders:
-                        self._held_by.get(holder, set()).discard(path)
+                        paths = self._held_by.get(holder)
+                        if paths is not None:
+                            paths.discard(path)
+                            if not paths:
+                                del self._held_by[holder]
                     del self._entries[path]
             return gone
 
@@ -174,10 +176,11 @@ def _remove(path: str) -> bool:
         gone = True
     except FileNotFoundError:
         gone = False
-    try:
-        target.parent.rmdir()  # only if empty: the same bytes under another name stay
-    except OSError:
-        pass
+    if len(target.parent.name) == 64:  # Gradio's folder named by the sha256 of the bytes, never the cache root
+        try:
+            target.parent.rmdir()  # only if empty: the same bytes under another name stay
+        except OSError:
+            pass
     return gone
 
 

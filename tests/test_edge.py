@@ -9,7 +9,6 @@ import select
 import socket
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -230,19 +229,25 @@ def test_identical_uploads_from_four_clients_never_interfere(tiny_classifier_dir
         assert len(demo.upload_refs) == 0
 
 
+def _uploaded(refs: UploadRefs, path: Path) -> None:
+    """What the gate reports for one upload of a path."""
+    refs.upload_started()
+    refs.upload_finished([str(path)])
+
+
 def test_upload_references_keep_a_shared_file_until_its_last_holder_is_done(tmp_path):
     now = [0.0]
     refs = UploadRefs(clock=lambda: now[0], claim_ttl=100)
-    shared = tmp_path / "sha" / "photo.jpg"
+    shared = tmp_path / ("5" * 64) / "photo.jpg"  # Gradio names the folder by the bytes' sha256
     shared.parent.mkdir()
     shared.write_bytes(b"same bytes")
 
-    refs.upload_started(), refs.upload_finished([str(shared)])  # a visitor's page
+    _uploaded(refs, shared)  # a visitor's page
     refs.acquire(str(shared), "session:a")
-    refs.upload_started(), refs.upload_finished([str(shared)])  # an API caller with the same bytes
+    _uploaded(refs, shared)  # an API caller with the same bytes
     refs.acquire(str(shared), "api:1")
     assert not refs.release(str(shared), "api:1") and shared.exists(), "the session still shows it"
-    refs.upload_started(), refs.upload_finished([str(shared)])  # a second API caller, not yet predicting
+    _uploaded(refs, shared)  # a second API caller, not yet predicting
     assert refs.release_all("session:a") == 0 and shared.exists(), "the second caller has not used it yet"
     refs.acquire(str(shared), "api:2")
     assert refs.release(str(shared), "api:2") and not shared.exists() and not shared.parent.exists()
