@@ -61,7 +61,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("db", str(DEFAULT_DB), "Path of the DuckDB log file.", cli=True),
     Setting("max_upload_mb", 20.0, "Largest upload accepted, in megabytes.", type=float),
     Setting("max_body_kb", 1000.0, "Largest request body other than an upload, in kilobytes (JSON calls, data: "
-            "URLs included); larger ones are refused with 413 before they are read.", type=float),
+            "URLs included); larger ones are refused with 413 before they are read; 0 turns the cap off.", type=float),
     Setting("upload_budget_mb", 60.0, "Megabytes one client may upload a minute; past it uploads are refused "
             "with 429 and Retry-After; 0 turns the budget off.", type=float),
     Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (checked before decoding).", type=int),
