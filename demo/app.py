@@ -6,7 +6,7 @@ import argparse
 import atexit
 import os
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,9 @@ if __package__ in (None, ""):  # run as `python demo/app.py`, as a Hugging Face 
 
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+
+from demo.gate import Gate  # noqa: E402
 
 from pipelines import access, settings  # noqa: E402
 from pipelines.eventlog import FeedbackRejected  # noqa: E402
@@ -25,6 +28,7 @@ from pipelines.intake import ImageRejected  # noqa: E402
 from pipelines.models import ModelLoadError  # noqa: E402
 from pipelines.studio import RequestRejected, Studio  # noqa: E402
 from pipelines import export  # noqa: E402
+from pipelines.uploads import UploadBudget, UploadRefs  # noqa: E402
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.jpg"))
 HISTORY_COLUMNS = ["time (UTC)", "top label", "score", "caption", "feedback", "id"]
@@ -93,6 +97,11 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
     """Build the Blocks app over a studio (made from the settings when none is given)."""
     studio = studio or Studio.from_settings(config)
     studio.warm_up()
+    refs = UploadRefs()  # who still needs each cached upload: identical bytes share one path
+    # exports live in Gradio's cache folder, so the file served is this one and not a copy that outlives it
+    exports = export.ExportShelf(get_upload_folder())
+    studio.after_delete.append(exports.clear)  # a deleted row must not live on in an export
+    atexit.register(exports.close)
 
     def status() -> tuple[str, gr.Timer]:
         states = studio.model_status().values()
@@ -103,8 +112,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         if not photo:
             raise gr.Error("Add a photo first: upload one, drop it here, paste it or take one with the webcam.")
         session = request.session_hash if request else None
-        if session and disposable(photo):
-            uploads.setdefault(session, set()).add(photo)
+        if session and disposable(photo):  # the session holds its copy until "Delete my data" (or the sweep)
+            refs.acquire(photo, f"session:{session}")
         try:
             for result in studio.predict_steps(photo, prompt=prompt, origin="demo", session_id=session,
                                                client=client_address(request, studio.access)):
@@ -166,25 +175,24 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             deleted = studio.delete_session(session, key, issued)
         except RequestRejected as exc:
             raise _user_error(exc) from None
-        for path in uploads.pop(session, set()):
-            try:
-                Path(path).unlink()
-                deleted.uploads += 1
-            except FileNotFoundError:
-                pass
+        if session:  # copies no one else holds go now; one another visitor still needs goes after them
+            deleted.uploads += refs.release_all(f"session:{session}")
         return None, [], [], None, None, "", gr.Row(visible=False), gr.Group(visible=False), deleted.sentence()
 
     def api_predict(photo: str | None, prompt: str | None = None, request: gr.Request = None) -> dict:
         if not photo:
             raise gr.Error("Send an image file.")
+        holder = f"api:{uuid.uuid4().hex}"
+        if disposable(photo):
+            refs.acquire(photo, holder)
         try:
             result = studio.predict(photo, prompt=prompt, origin="api",
                                     client=client_address(request, studio.access))
         except USER_ERRORS as exc:
             raise _user_error(exc) from None
         finally:
-            if disposable(photo):  # an API caller has no session to delete later: keep no copy
-                Path(photo).unlink(missing_ok=True)
+            if disposable(photo):  # an API caller has no session to delete later: its copy goes once unused
+                refs.release(photo, holder)
         return {k: result[k] for k in ("id", "labels", "caption", "prompt", "timings_ms", "models", "image",
                                        "cached")}
 
@@ -231,9 +239,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         """The whole log as a Parquet file (predictions with their latest feedback)."""
         admin(request, token)
         studio.log.flush()
-        return str(export.to_parquet(studio.log.path, Path(tempfile.mkdtemp(prefix="imagerec-export-"))))
-
-    uploads: dict[str, set[str]] = {}  # session -> Gradio's cached copies of its uploads
+        return str(exports.write(studio.log.path))  # removed once downloaded, after a TTL, or on a deletion
 
     def disposable(path: str) -> bool:
         """A visitor's uploaded copy, as opposed to an example photo Gradio keeps for everyone."""
@@ -306,6 +312,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                                        api_name="admin_export", concurrency_limit=None)
 
     demo.studio = studio
+    demo.upload_refs = refs
+    demo.exports = exports
     return demo
 
 
@@ -316,11 +324,19 @@ def launch(demo: gr.Blocks, config: settings.Settings, **overrides: Any):
     # as forwarded_hops says, so uvicorn must hand over the socket's own peer.
     os.environ["FORWARDED_ALLOW_IPS"] = ""
     demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
+    gate = Middleware(Gate, max_body=int(config.max_body_kb * 1000),
+                      budget=UploadBudget(int(config.upload_budget_mb * 1_000_000)),
+                      identify=lambda headers, peer: access.client_identity(headers, peer, config),
+                      uploads=getattr(demo, "upload_refs", None),
+                      on_download=getattr(getattr(demo, "exports", None), "downloaded", None))
     options = dict(server_name=config.host, server_port=config.port, share=False,
                    max_file_size=int(config.max_upload_mb * 1_000_000), footer_links=["api"],
                    theme=THEME, css=CSS, ssr_mode=False)
     options.update(overrides)
-    return demo.launch(**options)
+    # the gate sits in front of every route (Gradio's own middleware wraps it), before any body is read
+    app_kwargs = dict(options.pop("app_kwargs", None) or {})
+    app_kwargs["middleware"] = [gate, *app_kwargs.get("middleware", [])]
+    return demo.launch(app_kwargs=app_kwargs, **options)
 
 
 def _configure_torch(config: settings.Settings) -> None:

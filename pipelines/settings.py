@@ -61,6 +61,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("top_k", 5, "How many labels the classifier returns.", type=int),
     Setting("db", str(DEFAULT_DB), "Path of the DuckDB log file.", cli=True),
     Setting("max_upload_mb", 20.0, "Largest upload accepted, in megabytes.", type=float),
+    Setting("max_body_kb", 1000.0, "Largest request body other than an upload, in kilobytes (JSON calls, data: "
+            "URLs included); larger ones are refused with 413 before they are read; 0 turns the cap off.", type=float),
+    Setting("upload_budget_mb", 60.0, "Megabytes one client may upload a minute; past it uploads are refused "
+            "with 429 and Retry-After; 0 turns the budget off.", type=float),
     Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (checked before decoding).", type=int),
     Setting("min_side", 16, "Smallest width or height accepted, in pixels.", type=int),
     Setting("cache_size", 256, "How many recent images' model outputs are kept in memory.", type=int),
@@ -107,6 +111,8 @@ class Settings:
     top_k: int
     db: str
     max_upload_mb: float
+    max_body_kb: float
+    upload_budget_mb: float
     max_pixels: int
     min_side: int
     cache_size: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pipelines import access
 from pipelines.access import Access
@@ -36,6 +36,7 @@ class Studio:
         self.log = log
         self.access = access or Access()
         self.retention_days = retention_days
+        self.after_delete: list[Callable[[], Any]] = []  # run when rows went, e.g. to drop exports holding them
         self._stop = threading.Event()
         if retention_days > 0:
             threading.Thread(target=self._retain, name="retention", daemon=True).start()
@@ -131,7 +132,11 @@ class Studio:
         removed = self.log.delete(where, params)
         self.recognizer.forget(removed.hashes)  # a deleted photo's answers go from memory too
         store = self.recognizer.store
-        return Deleted(len(removed.ids), removed.feedback, store.delete(removed.images) if store else 0)
+        deleted = Deleted(len(removed.ids), removed.feedback, store.delete(removed.images) if store else 0)
+        if deleted.predictions or deleted.feedback:
+            for hook in self.after_delete:
+                hook()
+        return deleted
 
     def _retain(self) -> None:
         while True:

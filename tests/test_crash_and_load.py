@@ -25,8 +25,9 @@ LOAD_SECONDS = float(os.environ.get("IMAGEREC_LOAD_SECONDS", "60"))
 def _start_demo(classifier, captioner, db, port, **env):
     args = [sys.executable, "-m", "demo", "--classifier", str(classifier), "--captioner", str(captioner),
             "--db", str(db), "--port", str(port)]
+    # one load generator stands for many visitors: no per-address rate limit or upload budget
     environment = {**os.environ, "IMAGEREC_CAPTION_MAX_TOKENS": "4", "IMAGEREC_RATE_LIMIT": "0",
-                   "IMAGEREC_FLUSH_INTERVAL": "0.1", **env}
+                   "IMAGEREC_UPLOAD_BUDGET_MB": "0", "IMAGEREC_FLUSH_INTERVAL": "0.1", **env}
     return subprocess.Popen(args, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
 
