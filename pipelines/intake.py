@@ -10,6 +10,7 @@ import math
 import os
 import re
 import stat
+import tempfile
 import urllib.parse
 from dataclasses import dataclass
 
@@ -109,6 +110,15 @@ def data_url_bytes(url: str, limits: Limits = Limits()) -> bytes:
         data = urllib.parse.unquote_to_bytes(body)
     _check_bytes(len(data), limits)
     return data
+
+
+def save_upload(data: bytes, folder: str | os.PathLike) -> str:
+    """Write received image bytes to a new, uniquely named private file in folder (for intake to read later)."""
+    os.makedirs(folder, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="upload-", dir=folder)  # mode 0600, a name nobody else has
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return path
 
 
 def _read_file(path: str | os.PathLike, limits: Limits) -> bytes:
