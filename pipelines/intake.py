@@ -158,7 +158,24 @@ def _check_bytes(size: int, limits: Limits) -> None:
 
 
 def _from_bytes(data: bytes, limits: Limits) -> Intake:
-    """Decode checked raw bytes: sniff, check TIFF structure, open header only, check limits, then decode."""
+    """Decode checked raw bytes: sniff, check structure, open header only, check limits, then decode."""
+    im, fmt, own = _open(data, limits)
+    with im:
+        rgb, turned = _decode(im, limits)
+    width, height = own[::-1] if turned else own
+    return Intake(rgb, hashlib.sha256(data).hexdigest(), width, height, fmt)
+
+
+def decoded_cost(data: bytes, limits: Limits = Limits()) -> int:
+    """Bytes load_image(data) would hold at once while decoding, from the header alone; refusals raise as there."""
+    _check_bytes(len(data), limits)
+    im, _, own = _open(data, limits)
+    with im:
+        return _cost(im, data, own, limits, tiff.check_tiff(data) if im.format == "TIFF" else None)
+
+
+def _open(data: bytes, limits: Limits) -> tuple[Image.Image, str, tuple[int, int]]:
+    """Sniff, check TIFF structure, open the header, check size and decoded memory: (image, format, own size)."""
     kind = _foreign_kind(data[:1024])
     if kind:
         raise ImageRejected(kind)
@@ -174,16 +191,23 @@ def _from_bytes(data: bytes, limits: Limits) -> Intake:
         raise ImageRejected(_bomb_message(exc, limits)) from exc
     except Exception as exc:  # Pillow reports bad headers with many exception types
         raise ImageRejected(DAMAGED if _has_image_signature(data) else NOT_AN_IMAGE) from exc
-    with im:
+    try:
         _check_size(*im.size, limits)
         fmt = "JPEG" if im.format == "MPO" else im.format  # MPO is a JPEG with extra frames
         own = im.size  # the photo's own size: a JPEG draft below makes im.size the decoded one
-        if bool(limits.work_side) and fmt == "JPEG":
+        if limits.work_side and fmt == "JPEG":
             _draft(im, limits.work_side)
-        _check_memory(decoded_bytes(im, limits, len(data), own[0] * own[1], layout), limits)
-        rgb, turned = _decode(im, limits)
-    width, height = own[::-1] if turned else own
-    return Intake(rgb, hashlib.sha256(data).hexdigest(), width, height, fmt)
+        _check_memory(_cost(im, data, own, limits, layout), limits)
+    except BaseException:
+        im.close()
+        raise
+    return im, fmt, own
+
+
+def _cost(im: Image.Image, data: bytes, own: tuple[int, int], limits: Limits,
+          layout: tiff.TiffLayout | None) -> int:
+    """decoded_bytes for an image opened from data."""
+    return decoded_bytes(im, limits, len(data), own[0] * own[1], layout)
 
 
 def _from_pil(im: Image.Image, limits: Limits) -> Intake:
