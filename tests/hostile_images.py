@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -35,6 +36,7 @@ def _grey_page(pixels_at: int, side: int = 16) -> list[tuple[int, int, int, byte
             (278, 3, 1, short(side)), (279, 4, 1, long(side * side))]
 
 
+@functools.cache  # built once a test run: a few take a second
 def tiff_tag_bomb(tags: int = 200, blob: int = 4_000_000) -> bytes:
     """A 16x16 TIFF whose `tags` private tags all point at one blob of `blob` bytes (Pillow reads each at open)."""
     ifd_at = 8
@@ -45,6 +47,7 @@ def tiff_tag_bomb(tags: int = 200, blob: int = 4_000_000) -> bytes:
     return b"II*\x00" + struct.pack("<I", ifd_at) + _tiff_ifd(entries) + bytes(range(256)) + bytes(blob)
 
 
+@functools.cache  # built once a test run: a few take a second
 def tiff_many_pages(pages: int = 5000) -> bytes:
     """A TIFF of `pages` 16x16 pages in one IFD chain, all sharing one strip of pixels."""
     pixels_at = 8
@@ -68,6 +71,7 @@ def tiff_tag_outside() -> bytes:
     return b"II*\x00" + struct.pack("<I", ifd_at) + _tiff_ifd(entries) + bytes(range(256))
 
 
+@functools.cache  # built once a test run: a few take a second
 def wide_tiff(mode: str, value, size=BIG) -> bytes:
     """A deflate-compressed 16-bit or float TIFF of one value (small file, `size` pixels decoded)."""
     dtype = {"I;16": np.uint16, "F": np.float32}[mode]
@@ -86,6 +90,7 @@ def _zeros_idat(row_bytes: int, rows: int) -> bytes:
     return b"".join(comp.compress(row) for _ in range(rows)) + comp.flush()
 
 
+@functools.cache  # built once a test run: a few take a second
 def png16(size=BIG, value: int = 0) -> bytes:
     """A 16-bit grey PNG of one value: ~80 KB of file, `size` pixels of 16-bit samples decoded."""
     width, height = size
@@ -96,6 +101,7 @@ def png16(size=BIG, value: int = 0) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
+@functools.cache  # built once a test run: a few take a second
 def grey_png(size) -> bytes:
     """An 8-bit grey PNG of zeros: a true decompression bomb at a large size."""
     width, height = size
@@ -104,6 +110,7 @@ def grey_png(size) -> bytes:
             + png_chunk(b"IEND", b""))
 
 
+@functools.cache  # built once a test run: a few take a second
 def palette_bomb(size=BIG) -> bytes:
     """A 1-bit palette PNG with a transparent colour: 1 bit a pixel stored, RGBA working copies if converted whole."""
     width, height = size
@@ -113,6 +120,7 @@ def palette_bomb(size=BIG) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunks + png_chunk(b"IEND", b"")
 
 
+@functools.cache  # built once a test run: a few take a second
 def apng_many_frames(size=(6000, 6000), frames: int = 20_000) -> bytes:
     """An animated PNG: a large first frame of zeros, then `frames` tiny 1x1 frames."""
     width, height = size
@@ -133,6 +141,7 @@ def apng_many_frames(size=(6000, 6000), frames: int = 20_000) -> bytes:
     return b"".join(out)
 
 
+@functools.cache  # built once a test run: a few take a second
 def gif_many_frames(size=(6000, 6000), frames: int = 20_000) -> bytes:
     """An animated GIF: a large first frame, then `frames` tiny 1x1 frames (its frame 0 is all colour 1)."""
     first = encode(Image.new("P", size, 1), "GIF")  # header, palette, one full frame, trailer
@@ -143,7 +152,8 @@ def gif_many_frames(size=(6000, 6000), frames: int = 20_000) -> bytes:
     return first[:-1] + tiny * frames + b";"
 
 
-def foreign_images() -> dict[str, bytes]:
+@functools.cache  # built once a test run: a few take a second
+def foreign_images() -> dict[str, bytes]:  # callers must not change the dict
     """A small photo in each format Pillow can read but intake must not: built with Pillow's own writers."""
     rng = np.random.default_rng(5)
     photo = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))

