@@ -61,7 +61,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("db", str(DEFAULT_DB), "Path of the DuckDB log file.", cli=True),
     Setting("max_upload_mb", 20.0, "Largest upload accepted, in megabytes.", type=float),
     Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (checked before decoding).", type=int),
-    Setting("max_decoded_mb", 400.0, "Most memory one image may take while it is decoded, in megabytes, "
+    Setting("max_decoded_mb", 512.0, "Most memory one image may take while it is decoded, in megabytes, "
             "computed from its header before decoding (bits per sample, bands, decoder buffers, working copies).",
             type=float),
     Setting("min_side", 16, "Smallest width or height accepted, in pixels.", type=int),

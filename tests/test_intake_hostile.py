@@ -337,7 +337,8 @@ def test_one_hostile_upload_costs_at_most_its_decoded_bound(tiny_classifier_dir,
             "--db", str(tmp_path / "log.duckdb"), "--port", str(port)]
     allowed = {"16-bit PNG": h.png16(value=30000), "16-bit TIFF": h.wide_tiff("I;16", 30000),
                "float TIFF": h.wide_tiff("F", 0.5), "palette bomb": h.palette_bomb(),
-               "APNG of 20,000 frames": h.apng_many_frames(), "GIF of 20,000 frames": h.gif_many_frames()}
+               "APNG of 20,000 frames": h.apng_many_frames(), "GIF of 20,000 frames": h.gif_many_frames(),
+               "12 MP WebP": h.encode(Image.new("RGB", (4000, 3000), (10, 20, 30)), "WEBP")}
     refused = {"TIFF tag bomb": h.tiff_tag_bomb(), "TIFF of 5,000 pages": h.tiff_many_pages()}
     with demo_process(args, env={"IMAGEREC_CAPTION_MAX_TOKENS": "6", "IMAGEREC_RATE_LIMIT": "0",
                                  "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}) as process:
