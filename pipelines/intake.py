@@ -15,9 +15,13 @@ import urllib.parse
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 from pipelines import tiff
+
+# Pillow inflates a PNG's text chunks when it opens the file, up to 64 MB by default: a 74 KB file of zTXt cost
+# 66 MB before it was refused. A photo's text (XMP included) is a few KB; 4 MB is plenty and bounds the rest.
+PngImagePlugin.MAX_TEXT_MEMORY = 4_000_000
 
 # Pillow's names for the formats we accept; the list is passed to Image.open so
 # that no other decoder (PSD, EPS, ICO, ...) ever sees untrusted bytes.

@@ -168,3 +168,12 @@ def bmp_of_bytes(nbytes: int) -> bytes:
     """An uncompressed 24-bit BMP of about nbytes."""
     side = int((nbytes / 3) ** 0.5)
     return encode(Image.new("RGB", (side, side), (90, 120, 30)), "BMP")
+
+
+def png_text_bomb(chunks: int = 70) -> bytes:
+    """A 64x64 PNG with `chunks` zTXt chunks of 1 MB of text each, about 1 KB each compressed."""
+    base = encode(Image.new("RGB", (64, 64)), "PNG")
+    text = zlib.compress(b"a" * ((1 << 20) - 16), 9)
+    extra = b"".join(png_chunk(b"zTXt", f"k{i}".encode() + b"\x00\x00" + text) for i in range(chunks))
+    at = base.index(b"IDAT") - 4
+    return base[:at] + extra + base[at:]

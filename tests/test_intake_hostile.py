@@ -114,6 +114,23 @@ def test_ordinary_tiffs_still_load():
     assert load_image(h.tiff_many_pages(64)).format == "TIFF"  # at the page limit
 
 
+def test_a_png_text_bomb_is_refused_after_a_few_megabytes():
+    data = h.png_text_bomb(70)  # 70 KB of file, 70 MB of text once inflated
+    assert len(data) < 100_000
+    with python_peak() as peak:
+        refused(data)
+    assert peak["mb"] < 8, peak  # main inflated 64 MB of it first
+    photo_text = h.encode(Image.new("RGB", (64, 64)), "PNG", pnginfo=_text_info("XML:com.adobe.xmp", "x" * 200_000))
+    assert load_image(photo_text).image.size == (64, 64)  # a photo's own metadata still fits
+
+
+def _text_info(key: str, value: str):
+    from PIL import PngImagePlugin
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(key, value, zip=True)
+    return info
+
+
 # --- decoded memory: computed from the header, checked before decoding -------------------------
 
 
