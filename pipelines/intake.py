@@ -244,7 +244,7 @@ def decoded_bytes(im: Image.Image, limits: Limits, file_bytes: int = 0, full_pix
     factor = _factor(im.size, limits.work_side)
     total = width * height * _PIXEL_BYTES.get(im.mode, 4)  # the decoded picture
     total += -(-width // factor) * -(-height // factor) * 4  # the RGB image for the models
-    total += _STRIP_BYTES + file_bytes  # strips being converted; Pillow's copy of the file for libtiff
+    total += _STRIP_BYTES + file_bytes  # strips being converted; the file's bytes, held while it is decoded
     if im.format == "WEBP":
         # libwebp's animation decoder (Pillow's path for every WebP) keeps two RGBA canvases and hands Pillow a
         # copy as bytes: measured 3.9 times the RGBA picture at 40 MP
@@ -252,7 +252,8 @@ def decoded_bytes(im: Image.Image, limits: Limits, file_bytes: int = 0, full_pix
     elif im.format in ("JPEG", "MPO") and (im.info.get("progressive") or im.info.get("progression")):
         total += full_pixels * 3  # libjpeg keeps a progressive file's coefficients at full size
     elif layout is not None:
-        total += layout.chunk_bytes(width, height)  # libtiff's buffer for one strip or tile
+        # libtiff's buffer for one strip or tile, and the second copy of the file Pillow hands it
+        total += layout.chunk_bytes(width, height) + file_bytes
     return total
 
 
