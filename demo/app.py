@@ -78,6 +78,7 @@ class PhotoInput(gr.Image):
 
 
 def _refuse_link(path: str | Path | None) -> None:
+    """Refuse a payload whose file is a web address, before Gradio downloads it."""
     if is_http_url_like(path):
         raise gr.Error("Send the image itself, as a file or a data URL, not a link to it.", print_exception=False)
 
