@@ -43,17 +43,16 @@ class PhotoInput(gr.Image):
     """gr.Image that decodes and fetches nothing: it hands intake a file in the upload folder, and intake decides."""
 
     is_template = True  # rendered by the frontend's Image component
-
-    def __init__(self, *args: Any, intake_limits: Limits = Limits(), **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._intake_limits = intake_limits  # the byte limit a data: URL is held to before it is decoded
+    # The byte limit a data: URL is held to before it is decoded; create_app sets the studio's. Not an __init__
+    # argument: Gradio sends the frontend the props named in __init__'s signature, so it must stay gr.Image's.
+    intake_limits = Limits()
 
     def preprocess(self, payload: Any) -> str | None:
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):  # gr.Image would decode it with every Pillow plugin
             try:
-                data = data_url_bytes(payload.url, self._intake_limits)
+                data = data_url_bytes(payload.url, self.intake_limits)
             except ImageRejected as exc:
                 raise _user_error(exc) from None
             path = save_upload(data, get_upload_folder())
@@ -282,8 +281,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         with gr.Row():
             with gr.Column(scale=1):
                 photo = PhotoInput(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
-                                   label="Photo", elem_id="photo", height=360,
-                                   intake_limits=studio.recognizer.limits)
+                                   label="Photo", elem_id="photo", height=360)
+                photo.intake_limits = studio.recognizer.limits
                 prompt = gr.Textbox(label="Caption prompt (optional)", placeholder="e.g. a photography of",
                                     elem_id="prompt")
                 run = gr.Button("Recognize", variant="primary", elem_id="recognize")
@@ -324,8 +323,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                                             correction, message], **feedback)
 
         # Endpoints for programs (gradio_client): the UI above stays private.
-        api_photo = PhotoInput(type="filepath", image_mode=None, visible=False,
-                               intake_limits=studio.recognizer.limits)
+        api_photo = PhotoInput(type="filepath", image_mode=None, visible=False)
+        api_photo.intake_limits = studio.recognizer.limits
         api_prompt = gr.Textbox(visible=False)
         api_out = gr.JSON(visible=False)
         gr.Button(visible=False).click(api_predict, [api_photo, api_prompt], api_out, api_name="predict")

@@ -292,6 +292,14 @@ def test_a_photo_by_data_url_is_recognised_and_its_copy_removed(server):
     assert _uploads() == files
 
 
+def test_the_photo_input_keeps_the_image_components_props(server):
+    # Gradio sends the frontend the props named in the component's __init__: PhotoInput must keep gr.Image's
+    with urllib.request.urlopen(server[0] + "config", timeout=30) as response:
+        components = json.loads(response.read())["components"]
+    photo = next(c for c in components if c.get("props", {}).get("elem_id") == "photo")
+    assert photo["props"]["sources"] == ["upload", "webcam", "clipboard"] and photo["props"]["height"] == 360
+
+
 @pytest.fixture
 def web_server():
     """A loopback HTTP server serving a photo and counting the requests it gets."""
