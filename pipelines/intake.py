@@ -110,7 +110,7 @@ def data_url_bytes(url: str, limits: Limits = Limits()) -> bytes:
         except (binascii.Error, ValueError):
             raise ImageRejected("The image data URL is not valid base64; send the image file itself.") from None
     else:
-        _check_bytes(len(body) // 3 if "%" in body else len(body), limits)  # %XX: 3 characters a byte at most
+        _check_bytes(len(body) - 2 * body.count("%"), limits)  # each %XX is one byte
         data = urllib.parse.unquote_to_bytes(body)
     _check_bytes(len(data), limits)
     return data
