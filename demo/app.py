@@ -18,13 +18,14 @@ if __package__ in (None, ""):  # run as `python demo/app.py`, as a Hugging Face 
 
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
+from gradio_client.utils import is_http_url_like  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from demo.gate import Gate  # noqa: E402
 
 from pipelines import access, settings  # noqa: E402
 from pipelines.eventlog import FeedbackRejected  # noqa: E402
-from pipelines.intake import ImageRejected  # noqa: E402
+from pipelines.intake import ImageRejected, Limits, data_url_bytes, save_upload  # noqa: E402
 from pipelines.models import ModelLoadError  # noqa: E402
 from pipelines.studio import RequestRejected, Studio  # noqa: E402
 from pipelines import export  # noqa: E402
@@ -41,16 +42,46 @@ footer { visibility: hidden; }
 
 
 class PhotoInput(gr.Image):
-    """gr.Image that hands over the uploaded file untouched, so intake alone decides what is an image."""
+    """gr.Image that decodes and fetches nothing: it hands intake a file in the upload folder, and intake decides."""
 
     is_template = True  # rendered by the frontend's Image component
+    # The byte limit a data: URL is held to before it is decoded; create_app sets the studio's. Not an __init__
+    # argument: Gradio sends the frontend the props named in __init__'s signature, so it must stay gr.Image's.
+    intake_limits = Limits()
 
     def preprocess(self, payload: Any) -> str | None:
-        if payload is None or (payload.url and payload.url.startswith("data:")):
-            return super().preprocess(payload)
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):  # gr.Image would decode it with every Pillow plugin
+            try:
+                data = data_url_bytes(payload.url, self.intake_limits)
+            except ImageRejected as exc:
+                raise _user_error(exc) from None
+            path = save_upload(data, get_upload_folder())
+            self.temp_files.add(path)  # swept by Gradio's cache cleaner like any upload
+            return path
+        if not isinstance(payload.path, str) or not payload.path or is_http_url_like(payload.path):
+            raise gr.Error("Send the image itself, as a file or a data URL, not a link to it.",
+                           print_exception=False)
         if not _in_upload_cache(payload.path):  # a forged payload naming a file on the server
             raise gr.Error("That file was not uploaded here; send the image itself.", print_exception=False)
         return str(payload.path)
+
+    # Gradio moves a payload's file into its cache before preprocess runs, downloading it when its path is a URL:
+    # a photo is never fetched from anywhere, so a link is refused there, before any request goes out.
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+        _refuse_link(url_or_file_path)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+    def move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+        _refuse_link(url_or_file_path)
+        return super().move_resource_to_block_cache(url_or_file_path)
+
+
+def _refuse_link(path: str | Path | None) -> None:
+    """Refuse a payload whose file is a web address, before Gradio downloads it."""
+    if is_http_url_like(path):
+        raise gr.Error("Send the image itself, as a file or a data URL, not a link to it.", print_exception=False)
 
 
 USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError)
@@ -258,6 +289,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             with gr.Column(scale=1):
                 photo = PhotoInput(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
                                    label="Photo", elem_id="photo", height=360)
+                photo.intake_limits = studio.recognizer.limits
                 prompt = gr.Textbox(label="Caption prompt (optional)", placeholder="e.g. a photography of",
                                     elem_id="prompt")
                 run = gr.Button("Recognize", variant="primary", elem_id="recognize")
@@ -301,6 +333,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
         # Endpoints for programs (gradio_client): the UI above stays private.
         api_photo = PhotoInput(type="filepath", image_mode=None, visible=False)
+        api_photo.intake_limits = studio.recognizer.limits
         api_prompt = gr.Textbox(visible=False)
         api_out = gr.JSON(visible=False)
         gr.Button(visible=False).click(api_predict, [api_photo, api_prompt], api_out, api_name="predict")

@@ -66,6 +66,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upload_budget_mb", 60.0, "Megabytes one client may upload a minute; past it uploads are refused "
             "with 429 and Retry-After; 0 turns the budget off.", type=float),
     Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (checked before decoding).", type=int),
+    Setting("max_decoded_mb", 512.0, "Most memory one image may take while it is decoded, in megabytes, "
+            "computed from its header before decoding (bits per sample, bands, decoder buffers, working copies).",
+            type=float),
     Setting("min_side", 16, "Smallest width or height accepted, in pixels.", type=int),
     Setting("cache_size", 256, "How many recent images' model outputs are kept in memory.", type=int),
     Setting("host", "127.0.0.1", "Address the demo listens on (0.0.0.0 on a Hugging Face Space).", cli=True),
@@ -114,6 +117,7 @@ class Settings:
     max_body_kb: float
     upload_budget_mb: float
     max_pixels: int
+    max_decoded_mb: float
     min_side: int
     cache_size: int
     host: str

@@ -50,7 +50,7 @@ class Studio:
                               device=config.device, max_new_tokens=config.caption_max_tokens,
                               precision=config.precision)
         limits = Limits(max_bytes=int(config.max_upload_mb * 1_000_000), max_pixels=config.max_pixels,
-                        min_side=config.min_side)
+                        min_side=config.min_side, max_decoded_bytes=int(config.max_decoded_mb * 1_000_000))
         store = ImageStore(config.images_dir) if config.keep_images else None
         recognizer = Recognizer(classifier, captioner, limits, top_k=config.top_k, cache_size=config.cache_size,
                                 store=store)

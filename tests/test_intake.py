@@ -534,3 +534,16 @@ def test_imagenet_sample_photos_all_load_as_rgb():
         assert got.image.size == (got.width, got.height) and min(got.image.size) >= 16, photo.name
         assert got.sha256 == hashlib.sha256(photo.read_bytes()).hexdigest(), photo.name
     assert len(photos) >= 50
+
+
+# --- TIFF structure: what ordinary writers produce passes the checks made before Pillow opens it ---------------
+
+
+@pytest.mark.parametrize("params", [{"big_tiff": True}, {"compression": "jpeg"}, {"compression": "tiff_lzw"},
+                                    {"compression": "tiff_adobe_deflate", "dpi": (300, 300)}],
+                         ids=["bigtiff", "jpeg", "lzw", "deflate-dpi"])
+def test_ordinary_tiffs_pass_the_structure_check(params):
+    data = encode(Image.new("RGB", (300, 200), COLOUR), "TIFF", **params)
+    layout = intake.tiff.check_tiff(data)
+    assert layout.pages == 1 and layout.pixel_bits == 24 and layout.tag_bytes < len(data)
+    assert near(load_image(data).image.getpixel((150, 100)), COLOUR, 8 if params.get("compression") == "jpeg" else 0)
