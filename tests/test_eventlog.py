@@ -175,9 +175,8 @@ def test_a_torn_journal_line_is_dropped_and_replay_is_idempotent(tmp_path):
     more = [log.log_prediction(sample_row(i)) for i in range(5, 8)]
     # Simulate a crash: the flusher never ran for `more`, and a write was cut mid-line.
     os.write(log._fd, b'{"table": "predictions", "row": {"id": "torn"')
-    os.close(log._fd)
-    log._fd = None
     log._stop.set()
+    log._release()  # a dead process's files close, its locks with them
     with EventLog(db):
         pass
     found = set(eventlog.query(db, "SELECT id FROM predictions").id)
