@@ -795,14 +795,14 @@ class EventLog:
         if not _same_file(self.journal_path, self._fd):
             return  # the next append recreates it
         size = os.fstat(self._fd).st_size
-        if size == self._consumed:
-            os.ftruncate(self._fd, 0)
-            self._consumed = 0
-        elif self._consumed >= COMPACT_BYTES:
-            try:
+        try:
+            if size == self._consumed:
+                os.ftruncate(self._fd, 0)
+                self._consumed = 0
+            elif self._consumed >= COMPACT_BYTES:
                 self._rewrite_journal()
-            except OSError as exc:  # a full disk: the journal keeps its consumed part, replay is idempotent
-                log.warning("journal compaction failed, will retry: %s", exc)
+        except OSError as exc:  # a full disk, an immutable journal: it keeps its consumed part, replay is idempotent
+            log.warning("journal compaction failed, will retry: %s", exc)
 
     def _read_pending(self) -> _Pending:
         with self._append_lock:
