@@ -252,7 +252,7 @@ def test_disk_full_then_sigkill_loses_no_durable_event(tmp_path):
     print(f"\ndisk full: {len(durable)} acknowledged durable, {len(held)} answered with logged=false, "
           f"durable lost after SIGKILL {len(lost)}; health while full: {health}")
     assert durable and not lost
-    assert health["ok"] is False and health["held_in_memory"] > 0 and "File too large" in health["problem"]
+    assert health["ok"] is False and health["held_in_memory"] > 0 and "journal cannot be written" in health["problem"]
 
 
 def test_an_immutable_journal_is_reported_and_nothing_durable_is_lost(tmp_path):
