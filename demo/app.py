@@ -339,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     # the server and return here, so the log is closed and its journal drained before the process ends.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        launch(demo, config)
+        launch(demo, config)  # returns once Gradio's loop has turned the signal into closing the server
+    except KeyboardInterrupt:  # the signal came while launch() was still starting up
+        demo.close()
     finally:
         demo.studio.close()
 
