@@ -122,10 +122,12 @@ def new_id() -> str:
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
-    # Another process holds the file ("Could not set lock"), or this process has it open the other way
-    # ("different configuration", "Unique file handle conflict ... already attached").
+    # Another process holds the file ("Could not set lock ... Conflicting lock"), or this process has it open
+    # the other way ("different configuration", "Unique file handle conflict ... already attached"). Not a bare
+    # "lock": an I/O error about a "block" (a full disk) must fail at once, not be retried for half a minute.
     text = str(exc).lower()
-    return "lock" in text or "different configuration" in text or "already attached" in text
+    return any(s in text for s in ("could not set lock", "conflicting lock", "different configuration",
+                                   "already attached"))
 
 
 def _path_lock(path: Path) -> threading.RLock:

@@ -94,16 +94,44 @@ def test_a_log_that_cannot_be_written_holds_events_and_writes_them_later(tmp_pat
         return real_write(fd, data)
 
     monkeypatch.setattr(eventlog.os, "write", write)
-    ids = [log.log_prediction(sample_row(i)) for i in range(5)]  # still answered
-    log.log_feedback(ids[0], verdict="up")
+    ids = [log.log_prediction(sample_row(i)) for i in range(5)]  # still answered, but said not to be durable
+    feedback_id, _ = log.log_feedback(ids[0], verdict="up")
+    assert not any(i.durable for i in ids) and not feedback_id.durable
     assert log.held_in_memory == 6 and "No space left" in log.append_error
+    health = log.health()
+    assert health["ok"] is False and health["held_in_memory"] == 6 and health["backlog"] == 6
+    assert "No space left" in health["problem"]
     assert log.flush() == 0 and log.held_in_memory == 6
     full["on"] = False
     assert log.flush() == 6
     assert log.held_in_memory == 0 and log.append_error is None
+    assert log.log_prediction(sample_row(7)).durable
+    assert log.health()["ok"] is True
     log.close()
-    assert set(eventlog.query(db, "SELECT id FROM predictions").id) == set(ids)
+    assert set(eventlog.query(db, "SELECT id FROM predictions").id) >= set(ids)
     assert _count(db, "feedback") == 1
+
+
+def test_a_writer_whose_lock_and_journal_were_taken_says_so_and_loses_nothing(tmp_path):
+    db = tmp_path / "log.duckdb"
+    first = EventLog(db, flush_interval=60).open()
+    before = first.log_prediction(sample_row(1))
+    db.with_name(db.name + ".journal").unlink()
+    db.with_name(db.name + ".lock").unlink()
+    second = EventLog(db, flush_interval=60).open()  # finds no lock: the log looks free
+    try:
+        after = first.log_prediction(sample_row(2))
+        assert before.durable and not after.durable  # not in any journal this process owns
+        health = first.health()
+        assert health["ok"] is False and "taken over" in health["problem"] and health["held_in_memory"] == 1
+        with pytest.raises(LogError, match="deletion could not be recorded"):
+            first.delete("id = ?", [before])
+        first.flush()  # what it held goes straight into DuckDB, and its own journal's events too
+        assert first.held_in_memory == 0
+    finally:
+        first.close()
+        second.close()
+    assert set(eventlog.query(db, "SELECT id FROM predictions").id) == {before, after}
 
 
 def test_the_same_feedback_twice_counts_once(tmp_path):
