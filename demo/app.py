@@ -53,8 +53,8 @@ class PhotoInput(gr.Image):
 
 
 USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError)
-NOT_LOGGED = ("⚠️ This could not be saved to disk: the log is held in memory until its disk can take it, "
-              "and is lost if the server stops before then.")
+NOT_LOGGED = ("⚠️ This was not saved to disk yet: the log's disk cannot be written, so it is held in memory "
+              "and would be lost if the server stopped now.")
 
 
 def _status_markdown(studio: Studio) -> str:

@@ -325,8 +325,8 @@ class _Pending:
     deletes: list[str] = field(default_factory=list)  # tombstoned prediction ids, applied before the inserts
     images: list[str] = field(default_factory=list)  # kept images the tombstones name
     lines: int = 0
-    dropped_feedback: int = 0
-    generation: int = 0  # which journal file the offsets refer to  # pending feedback a tombstone took out before it reached DuckDB
+    dropped_feedback: int = 0  # pending feedback a tombstone took out before it reached DuckDB
+    generation: int = 0  # which journal file the offsets refer to
 
 
 def _parse(lines: Sequence[bytes], end: int) -> _Pending:
@@ -689,8 +689,8 @@ class EventLog:
                 self._write_line(line)
             except OSError as exc:
                 self._backlog.append(line)
-                self.append_error = f"The log journal cannot be written ({exc.strerror or exc}); " \
-                                    f"{len(self._backlog)} event(s) are held in memory until it can."
+                self.append_error = (f"The log journal cannot be written ({exc.strerror or exc}); new events are "
+                                     "held in memory until it can, and a stop before then loses them.")
                 log.error(self.append_error)
                 return False
             return True
