@@ -152,7 +152,7 @@ def test_deleted_rows_never_come_back_over_20_kills(tmp_path):
         _wait_for(lambda: "open" in lines, process)
         if round_:  # this writer has replayed what the previous one left: did a deleted row come back?
             count_resurrected(previous)
-        target = rng.randrange(20, 60)
+        target = rng.randrange(10, 45)
         _wait_for(lambda: any(line[:1] == "D" for line in lines) and len(lines) >= target, process)
         _kill(process, reading, sig)
         kills[sig] += 1
