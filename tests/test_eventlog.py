@@ -297,3 +297,25 @@ def test_a_version_1_log_is_migrated_in_place(tmp_path):
         assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION == 2
         rows = con.execute("SELECT id, top1_label, classifier_precision FROM predictions ORDER BY id").fetchall()
     assert rows[-1] == ("old", "tabby", None) and rows[0][2] == "int8"
+
+
+def test_a_journal_replaced_under_the_writer_is_kept_aside_and_never_replayed(tmp_path):
+    db = tmp_path / "log.duckdb"
+    journal = db.with_name(db.name + ".journal")
+    log = EventLog(db, flush_interval=60).open()
+    doomed = log.log_prediction(sample_row(1))
+    stale = journal.read_bytes()  # someone's copy, taken while the row was still there
+    log.delete("id = ?", [doomed])
+    pending = log.log_prediction(sample_row(2))  # only in the journal
+    restored = tmp_path / "restored"
+    restored.write_bytes(stale)
+    os.replace(restored, journal)  # an old copy put back in place (a restore, a sync tool)
+    later = log.log_prediction(sample_row(3))
+    assert later.durable and log.health()["ok"]
+    kept = [p.name for p in tmp_path.iterdir() if ".journal.replaced-" in p.name]
+    assert len(kept) == 1
+    log._stop.set()
+    log._release()  # a crash: the next start replays only its own journal
+    with EventLog(db):
+        pass
+    assert set(eventlog.query(db, "SELECT id FROM predictions").id) == {pending, later}
