@@ -107,7 +107,7 @@ class Studio:
         """Record feedback on a logged prediction."""
         feedback_id, new = self.log.log_feedback(prediction_id, verdict=verdict, corrected_label=corrected_label,
                                                  edited_caption=edited_caption)
-        return {"id": feedback_id, "prediction_id": prediction_id, "recorded": True, "duplicate": not new,
+        return {"id": str(feedback_id), "prediction_id": prediction_id, "recorded": True, "duplicate": not new,
                 "logged": feedback_id.durable}
 
     def delete_data(self, session_id: str | None = None, prediction_id: str | None = None) -> Deleted:
