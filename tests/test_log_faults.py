@@ -153,7 +153,7 @@ def test_deleted_rows_never_come_back_over_20_kills(tmp_path):
         if round_:  # this writer has replayed what the previous one left: did a deleted row come back?
             count_resurrected(previous)
         target = rng.randrange(10, 45)
-        _wait_for(lambda: any(line[:1] == "D" for line in lines) and len(lines) >= target, process)
+        _wait_for(lambda: any(line[:2] == "D " for line in lines) and len(lines) >= target, process)
         _kill(process, reading, sig)
         kills[sig] += 1
         _account(lines, ledger)
@@ -172,7 +172,7 @@ def test_deleted_rows_never_come_back_over_20_kills(tmp_path):
           f"{len(ledger['uncertain'])}; resurrected after SIGKILL {resurrected[signal.SIGKILL]}, after SIGTERM "
           f"{resurrected[signal.SIGTERM]}; acknowledged predictions lost {len(lost)}, acknowledged feedback lost "
           f"{len(feedback_lost)}, feedback of deleted predictions left {orphans}")
-    assert len(ledger["deleted"]) > KILLS, "the burst must delete a fair number of rows"
+    assert len(ledger["deleted"]) >= KILLS, "every round deletes at least one row before its kill"
     assert resurrected == {signal.SIGKILL: 0, signal.SIGTERM: 0}
     assert not lost and not feedback_lost and orphans == 0
     assert not found & ledger["deleted"]
