@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -85,14 +86,17 @@ def _refuse_link(path: str | Path | None) -> None:
 
 
 USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError)
+NOT_LOGGED = ("⚠️ This was not saved to disk yet: the log's disk cannot be written, so it is held in memory "
+              "and would be lost if the server stopped now.")
 
 
 def _status_markdown(studio: Studio) -> str:
     lines = []
     if studio.log.set_aside:
         lines.append(f"⚠️ {studio.log.set_aside}")
-    if studio.log.append_error:
-        lines.append(f"⚠️ {studio.log.append_error}")
+    for problem in (studio.log.append_error, studio.log.taken_over):
+        if problem:
+            lines.append(f"⚠️ {problem}")
     for role, state in studio.model_status().items():
         if state["error"]:
             lines.append(f"⚠️ **The {role} is not available.** {state['error']}")
@@ -161,7 +165,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                 choices = known + [x for x in studio.recognizer.classifier.labels if x not in known]
                 yield (scores, gr.Textbox(value=result["caption"], placeholder=""), result, history,
                        _history_rows(history), gr.Row(visible=True), gr.Group(visible=False),
-                       gr.Dropdown(choices=choices, value=None), "")
+                       gr.Dropdown(choices=choices, value=None), "" if result["logged"] else NOT_LOGGED)
         except USER_ERRORS as exc:
             raise _user_error(exc) from None
 
@@ -169,13 +173,13 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         if not current or not current.get("caption"):
             raise gr.Error("Recognize a photo first, then give feedback on it.")
         try:
-            studio.feedback(current["id"], **feedback)
+            saved = studio.feedback(current["id"], **feedback)
         except FeedbackRejected as exc:
             raise _user_error(exc) from None
         for entry in history:
             if entry["id"] == current["id"]:
                 entry["feedback"] = note
-        return history, _history_rows(history), f"Thanks, saved: {note}."
+        return history, _history_rows(history), f"Thanks, saved: {note}." if saved["logged"] else NOT_LOGGED
 
     def save_caption(current, caption, history):
         if not (caption or "").strip():
@@ -225,7 +229,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             if disposable(photo):  # an API caller has no session to delete later: its copy goes once unused
                 refs.release(photo, holder)
         return {k: result[k] for k in ("id", "labels", "caption", "prompt", "timings_ms", "models", "image",
-                                       "cached")}
+                                       "cached", "logged")}
 
     def api_feedback(prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
                      edited_caption: str | None = None) -> dict:
@@ -387,7 +391,20 @@ def main(argv: list[str] | None = None) -> None:
     _configure_torch(config)
     demo = create_app(config)
     atexit.register(demo.studio.close)
-    launch(demo, config)
+    # SIGTERM (docker stop, systemd, a Space restart) skips atexit; as KeyboardInterrupt it makes Gradio close
+    # the server and return here, so the log is closed and its journal drained before the process ends.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        launch(demo, config)  # returns once Gradio's loop has turned the signal into closing the server
+    except KeyboardInterrupt:  # the signal came while launch() was still starting up
+        demo.close()
+    finally:
+        demo.studio.close()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ acknowledged once it is there), and a background thread moves journal events int
 transactions. Readers open the file read-only for the length of a query. A reader never makes a
 request wait, a writer never holds the file for long, and events survive a SIGKILL in the journal
 until the next writer replays them (ids make the replay idempotent).
+
+A deletion is itself a journal event (a tombstone naming the prediction ids), forced to disk before
+DuckDB is touched, so a replay never brings a deleted row back and finishes a deletion a kill cut short.
+The journal is compacted once its consumed part grows, and the writer holds `<db>.lock` for its whole
+life, so a removed journal is recreated by its owner rather than taken over by a second process.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
@@ -91,6 +96,11 @@ _ARROW_SCHEMAS: dict[str, pa.Schema] = {}
 
 LOCK_RETRY_S = 0.02
 WRITER_WAITING_FRESH_S = 5.0
+TOMBSTONE_IDS_PER_LINE = 10_000  # a retention purge of many rows becomes several tombstone lines
+COMPACT_BYTES = 1 << 20  # rewrite the journal once this much of it is consumed but it never drained
+
+_PATH_LOCKS: dict[str, threading.RLock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
 
 
 class LogError(RuntimeError):
@@ -112,9 +122,19 @@ def new_id() -> str:
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
-    # Another process holds the file ("Could not set lock"), or this process has it open the other way.
+    # Another process holds the file ("Could not set lock ... Conflicting lock"), or this process has it open
+    # the other way ("different configuration", "Unique file handle conflict ... already attached"). Not a bare
+    # "lock": an I/O error about a "block" (a full disk) must fail at once, not be retried for half a minute.
     text = str(exc).lower()
-    return "lock" in text or "different configuration" in text
+    return any(s in text for s in ("could not set lock", "conflicting lock", "different configuration",
+                                   "already attached"))
+
+
+def _path_lock(path: Path) -> threading.RLock:
+    """One lock per database file in this process: DuckDB refuses a second in-process attach of an open file."""
+    key = os.path.realpath(path)
+    with _PATH_LOCKS_GUARD:
+        return _PATH_LOCKS.setdefault(key, threading.RLock())
 
 
 def _marker(path: Path) -> Path:
@@ -191,11 +211,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
 @contextlib.contextmanager
 def reader(path: str | os.PathLike, timeout: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short read-only connection to the log; hold it only for the length of a query."""
-    con = _connect(Path(path), read_only=True, timeout=timeout, yield_to_writer=True)
-    try:
-        yield con
-    finally:
-        con.close()
+    with _path_lock(Path(path)):  # connections to one file in one process take turns, like processes do
+        con = _connect(Path(path), read_only=True, timeout=timeout, yield_to_writer=True)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 @contextlib.contextmanager
@@ -203,15 +224,30 @@ def writer(path: str | os.PathLike, timeout: float = 30.0) -> Iterator[duckdb.Du
     """A short read-write connection with the schema up to date; the marker makes readers yield."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _path_lock(path):
+        try:
+            con = _connect(path, read_only=False, timeout=timeout, yield_to_writer=False)
+        finally:
+            _marker(path).unlink(missing_ok=True)
+        try:
+            migrate(con)
+            yield con
+        finally:
+            con.close()
+
+
+def require_log(path: str | os.PathLike) -> None:
+    """Refuse, creating nothing, a path that is not an existing imagerec log."""
+    path = Path(path)
+    if not path.is_file():
+        raise LogError(f"There is no imagerec log at {path}; check the path (nothing was created).")
     try:
-        con = _connect(path, read_only=False, timeout=timeout, yield_to_writer=False)
-    finally:
-        _marker(path).unlink(missing_ok=True)
-    try:
-        migrate(con)
-        yield con
-    finally:
-        con.close()
+        with reader(path) as con:
+            version = schema_version(con)
+    except duckdb.Error as exc:
+        raise LogError(f"{path} is not a readable DuckDB log ({str(exc).splitlines()[0]}).") from None
+    if not version:
+        raise LogError(f"{path} is not an imagerec log (it has no schema_migrations table).")
 
 
 def check(path: str | os.PathLike) -> None:
@@ -228,7 +264,10 @@ def query(path: str | os.PathLike, sql: str, params: Sequence[Any] | dict | None
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict]) -> None:
-    """Insert rows by id, ignoring ids already present, so replays are harmless."""
+    """Insert rows by id, ignoring ids already present, so replays are harmless.
+
+    Feedback goes in only for a prediction that is in the table, so none outlives a deleted prediction.
+    """
     if not rows:
         return
     columns = _COLUMNS[table]
@@ -239,8 +278,9 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict]
     incoming = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows], schema=schema)
     con.register("incoming_rows", incoming)
     try:
+        known = " WHERE prediction_id IN (SELECT id FROM predictions)" if table == "feedback" else ""
         con.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
-                    f"SELECT {', '.join(columns)} FROM incoming_rows")
+                    f"SELECT {', '.join(columns)} FROM incoming_rows{known}")
     finally:
         con.unregister("incoming_rows")
 
@@ -254,19 +294,15 @@ class Removed(NamedTuple):
     hashes: list[str]  # sha256 of the deleted predictions' images, for caches keyed by them
 
 
-def delete_predictions(con: duckdb.DuckDBPyConnection, where: str, params: Sequence) -> Removed:
-    """Delete the predictions matching `where` and their feedback."""
-    doomed = con.execute(f"SELECT id, image_file, image_sha256 FROM predictions WHERE {where}",
-                         list(params)).fetchall()
-    if not doomed:
-        return Removed([], 0, [], [])
-    ids = [row[0] for row in doomed]
-    con.execute("BEGIN")
-    feedback = con.execute("DELETE FROM feedback WHERE list_contains(?, prediction_id)", [ids]).fetchone()[0]
-    con.execute("DELETE FROM predictions WHERE list_contains(?, id)", [ids])
-    con.execute("COMMIT")
-    con.execute("CHECKPOINT")  # rewrite the table files now rather than at some later checkpoint
-    return Removed(ids, feedback, [row[1] for row in doomed if row[1]], sorted({row[2] for row in doomed}))
+class Logged(str):
+    """An event id that also says whether the event was durable (in the journal) when it was acknowledged."""
+
+    durable: bool
+
+    def __new__(cls, value: str, durable: bool) -> "Logged":
+        logged = super().__new__(cls, value)
+        logged.durable = durable
+        return logged
 
 
 def _to_json(value: Any) -> Any:
@@ -286,6 +322,78 @@ class _Pending:
     predictions: list[dict]
     feedback: list[dict]
     end: int  # journal offset just past the last complete line read
+    deletes: list[str] = field(default_factory=list)  # tombstoned prediction ids, applied before the inserts
+    images: list[str] = field(default_factory=list)  # kept images the tombstones name
+    lines: int = 0
+    dropped_feedback: int = 0  # pending feedback a tombstone took out before it reached DuckDB
+    generation: int = 0  # which journal file the offsets refer to
+
+
+def _parse(lines: Sequence[bytes], end: int) -> _Pending:
+    """Journal lines in order; a tombstone removes its ids' earlier pending events."""
+    pending = _Pending([], [], end, lines=len(lines))
+    for line in lines:
+        event = json.loads(line)
+        if "delete" in event:
+            doomed = set(event["delete"])
+            kept = [f for f in pending.feedback if f["prediction_id"] not in doomed]
+            pending.dropped_feedback += len(pending.feedback) - len(kept)
+            pending.feedback = kept
+            pending.predictions = [p for p in pending.predictions if p["id"] not in doomed]
+            pending.deletes.extend(event["delete"])
+            pending.images.extend(event.get("images", []))
+        else:
+            getattr(pending, event["table"]).append(_from_journal(event["row"]))
+    return pending
+
+
+def _apply(con: duckdb.DuckDBPyConnection, pending: _Pending) -> int:
+    """Apply pending events in one transaction: deletions first, then inserts; returns feedback rows deleted."""
+    con.execute("BEGIN")
+    deleted = 0
+    try:
+        if pending.deletes:
+            deleted = con.execute("DELETE FROM feedback WHERE list_contains(?, prediction_id)",
+                                  [pending.deletes]).fetchone()[0]
+            con.execute("DELETE FROM predictions WHERE list_contains(?, id)", [pending.deletes])
+        insert_rows(con, "predictions", pending.predictions)
+        insert_rows(con, "feedback", pending.feedback)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    if pending.deletes:
+        con.execute("CHECKPOINT")  # rewrite the table files now rather than at some later checkpoint
+    return deleted + pending.dropped_feedback
+
+
+def _take_lock(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int | None:
+    """Open a file and take its exclusive lock; None if another process holds it."""
+    fd = os.open(path, flags, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether path still names the open file fd (not deleted, not replaced)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return mine.st_nlink > 0 and (named.st_ino, named.st_dev) == (mine.st_ino, mine.st_dev)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class EventLog:
@@ -295,44 +403,61 @@ class EventLog:
                  known_ids: int = 100_000):
         self.path = Path(path)
         self.journal_path = self.path.with_name(self.path.name + ".journal")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.flush_interval = flush_interval
         self.fsync = fsync
         self._append_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
+        self._flush_lock = threading.RLock()  # a deletion flushes, writes its tombstone and flushes again
         self._known: OrderedDict[str, None] = OrderedDict()
+        self._deleted: OrderedDict[str, None] = OrderedDict()  # tombstoned ids: refused even before DuckDB has them out
         self._known_cap = known_ids
         self._consumed = 0
+        self._generation = 0  # bumped when the journal file is replaced (compaction, recreation)
+        self._journal_events = 0  # complete lines in the journal past _consumed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self.last_flush_error: str | None = None
         self.flush_failures = 0
         self.set_aside: str | None = None  # what open() did with a damaged or foreign file
         self._backlog: list[bytes] = []  # events the journal could not take yet (disk full, I/O error)
         self.append_error: str | None = None
+        self.taken_over: str | None = None  # set when another process took the log from under this one
+        self.replayed_images: list[str] = []  # kept images named by tombstones replayed at open
         self._last_feedback: OrderedDict[str, tuple] = OrderedDict()
         self._feedback_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> "EventLog":
-        """Take the journal, replay what a previous run left in it, and start the flusher."""
+        """Take the log's lock and journal, replay what a previous run left in it, and start the flusher."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LogError(f"Another imagerec process is already writing to the log {self.path}.") from None
+        self._lock_fd = _take_lock(self.lock_path)
+        # the journal's own lock keeps out a writer of an older imagerec that knows no lock file
+        fd = _take_lock(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND) if self._lock_fd is not None else None
+        if fd is None:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            raise LogError(f"Another imagerec process is already writing to the log {self.path}.")
         self._fd = fd
-        self._drop_torn_tail()
         try:
-            check(self.path)
-        except (LogError, duckdb.Error) as exc:
-            if isinstance(exc, duckdb.Error) and _is_lock_conflict(exc):
-                raise
-            self.set_aside = self._set_aside(exc)
-            check(self.path)
-        self.flush()
+            self._new_journal_path().unlink(missing_ok=True)  # a compaction a kill cut short; the journal is whole
+            self._drop_torn_tail()
+            self._journal_events = os.pread(fd, os.fstat(fd).st_size, 0).count(b"\n")
+            try:
+                check(self.path)
+            except (LogError, duckdb.Error) as exc:
+                if isinstance(exc, duckdb.Error) and _is_lock_conflict(exc):
+                    raise
+                self.set_aside = self._set_aside(exc)
+                check(self.path)
+            pending = self._read_pending()
+            self.replayed_images = list(pending.images)
+            self._flush_pending(pending)
+        except BaseException:
+            self._release()
+            raise
         self._thread = threading.Thread(target=self._run, name="eventlog-flusher", daemon=True)
         self._thread.start()
         return self
@@ -361,12 +486,19 @@ class EventLog:
         if self._thread:
             self._thread.join()
         if self._fd is not None:
-            self.flush()
-            if self._backlog:
-                log.error("%d logged event(s) could not be written before exit: %s", len(self._backlog),
-                          self.append_error)
-            os.close(self._fd)
-            self._fd = None
+            try:
+                self.flush()
+            finally:
+                if self._backlog:
+                    log.error("%d logged event(s) could not be written before exit: %s", len(self._backlog),
+                              self.append_error or self.taken_over)
+                self._release()
+
+    def _release(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._lock_fd = None
 
     def __enter__(self) -> "EventLog":
         return self.open()
@@ -375,18 +507,21 @@ class EventLog:
         self.close()
 
     # -- the verbs ---------------------------------------------------------------------------------
-    def log_prediction(self, row: dict) -> str:
-        """Record a prediction; returns its id once it is durable."""
+    def log_prediction(self, row: dict) -> Logged:
+        """Record a prediction; returns its id, whose `durable` says whether it is on disk already."""
         row = {c: row.get(c) for c in PREDICTION_COLUMNS}
         row["id"] = row["id"] or new_id()
         row["created_at"] = row["created_at"] or utcnow()
-        self._append("predictions", row)
+        durable = self._append({"table": "predictions", "row": row})
         self._remember(row["id"])
-        return row["id"]
+        return Logged(row["id"], durable)
 
     def log_feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
-                     edited_caption: str | None = None) -> tuple[str, bool]:
-        """Record feedback on a known prediction; returns (feedback id, False if it repeated the last one)."""
+                     edited_caption: str | None = None) -> tuple[Logged, bool]:
+        """Record feedback on a known prediction; returns (feedback id, False if it repeated the last one).
+
+        The id's `durable` says whether the feedback is on disk already.
+        """
         if verdict is not None and verdict not in VERDICTS:
             raise FeedbackRejected(f"The verdict must be 'up' or 'down', not {verdict!r}.")
         corrected_label = (corrected_label or "").strip() or None
@@ -402,20 +537,20 @@ class EventLog:
             verdict = "down"  # a correction says the answer was wrong
         if verdict is None and corrected_label is None and edited_caption is None:
             raise FeedbackRejected("Nothing to record: give a verdict, a corrected label or an edited caption.")
-        if not self.knows(prediction_id):
-            raise FeedbackRejected(f"There is no prediction with id {prediction_id!r}.")
         content = (verdict, corrected_label, edited_caption)
-        with self._feedback_lock:
+        with self._feedback_lock:  # a deletion takes this lock too: feedback lands before its tombstone or is refused
+            if not self.knows(prediction_id):
+                raise FeedbackRejected(f"There is no prediction with id {prediction_id!r}.")
             previous = self._latest_feedback(prediction_id)
             if previous and previous[1:] == content:  # a double click or a retried request counts once
-                return previous[0], False
+                return Logged(previous[0], not self._backlog), False
             row = {"id": new_id(), "prediction_id": prediction_id, "created_at": utcnow(), "verdict": verdict,
                    "corrected_label": corrected_label, "edited_caption": edited_caption}
-            self._append("feedback", row)
+            durable = self._append({"table": "feedback", "row": row})
             self._last_feedback[prediction_id] = (row["id"], *content)
             if len(self._last_feedback) > self._known_cap:
                 self._last_feedback.popitem(last=False)
-        return row["id"], True
+        return Logged(row["id"], durable), True
 
     def _latest_feedback(self, prediction_id: str) -> tuple | None:
         if prediction_id in self._last_feedback:
@@ -425,67 +560,143 @@ class EventLog:
                                "WHERE prediction_id = ? ORDER BY created_at DESC LIMIT 1", [prediction_id]).fetchone()
 
     def knows(self, prediction_id: str) -> bool:
-        """Whether a prediction with this id was logged (here, or earlier in the file)."""
+        """Whether a prediction with this id was logged (here, or earlier in the file) and not deleted."""
         if not isinstance(prediction_id, str) or not prediction_id:
+            return False
+        if prediction_id in self._deleted:
             return False
         if prediction_id in self._known:
             return True
         with reader(self.path) as con:
             found = con.execute("SELECT 1 FROM predictions WHERE id = ?", [prediction_id]).fetchone()
-        if found:
+        if found and prediction_id not in self._deleted:
             self._remember(prediction_id)
-        return bool(found)
+        return bool(found) and prediction_id not in self._deleted
 
     def delete(self, where: str, params: Sequence) -> Removed:
-        """Delete predictions (and their feedback) matching a parameterised condition, pending ones included."""
-        self._drain_backlog()
+        """Delete predictions (and their feedback) matching a parameterised condition, pending ones included.
+
+        The ids go to the journal as a tombstone, on disk, before DuckDB is touched: a replay after any
+        kill deletes them again instead of bringing them back. Refused (LogError) if the journal cannot
+        take the tombstone.
+        """
         with self._flush_lock:
-            self._flush_locked()
-            with writer(self.path) as con:
-                removed = delete_predictions(con, where, params)
-            for prediction_id in removed.ids:
-                self._known.pop(prediction_id, None)
-                self._last_feedback.pop(prediction_id, None)
-        return removed
+            self.flush()  # everything acknowledged is in DuckDB, so the condition sees it
+            with reader(self.path) as con:
+                doomed = con.execute(f"SELECT id, image_file, image_sha256 FROM predictions WHERE {where}",
+                                     list(params)).fetchall()
+            if not doomed:
+                return Removed([], 0, [], [])
+            ids = [row[0] for row in doomed]
+            images = [row[1] for row in doomed if row[1]]
+            with self._feedback_lock:
+                self._write_tombstones(ids, images)
+                for prediction_id in ids:
+                    self._deleted[prediction_id] = None
+                    self._known.pop(prediction_id, None)
+                    self._last_feedback.pop(prediction_id, None)
+                while len(self._deleted) > self._known_cap:
+                    self._deleted.popitem(last=False)
+            feedback = self._flush_pending(self._read_pending())
+        return Removed(ids, feedback, images, sorted({row[2] for row in doomed}))
+
+    def _write_tombstones(self, ids: list[str], images: list[str]) -> None:
+        lines = []
+        for start in range(0, len(ids), TOMBSTONE_IDS_PER_LINE):
+            event = {"delete": ids[start:start + TOMBSTONE_IDS_PER_LINE], "at": utcnow()}
+            if start == 0:
+                event["images"] = images
+            lines.append(self._line(event))
+        with self._append_lock:
+            if not self._journal_ready() or self._backlog:
+                raise LogError("The deletion could not be recorded: the log journal cannot be written "
+                               f"({self.append_error or self.taken_over or 'unavailable'}); nothing was deleted. "
+                               "Try again later.")
+            try:
+                self._write_line(b"".join(lines), events=len(lines))
+            except OSError as exc:
+                raise LogError(f"The deletion could not be recorded: the log journal cannot be written "
+                               f"({exc.strerror or exc}); nothing was deleted. Try again later.") from None
 
     def flush(self) -> int:
         """Move journal events into DuckDB now; returns how many were moved."""
-        self._drain_backlog()
-        with self._flush_lock:
-            return self._flush_locked()
-
-    def _flush_locked(self) -> int:
-        pending = self._read_pending()
-        if pending.end == self._consumed:
-            return 0
-        with writer(self.path) as con:
-            con.execute("BEGIN")
-            insert_rows(con, "predictions", pending.predictions)
-            insert_rows(con, "feedback", pending.feedback)
-            con.execute("COMMIT")
-        self._consumed = pending.end
-        self._truncate_if_drained()
-        return len(pending.predictions) + len(pending.feedback)
-
-    # -- journal -----------------------------------------------------------------------------------
-    def _append(self, table: str, row: dict) -> None:
         if self._fd is None:
             raise LogError("The log is not open.")
-        line = (json.dumps({"table": table, "row": row}, default=_to_json, ensure_ascii=False) + "\n").encode()
+        with self._flush_lock:
+            with self._append_lock:
+                ready = self._journal_ready()
+                if ready:
+                    self._drain_backlog_locked()
+                held = list(self._backlog) if self.taken_over else []
+            if held:  # the journal is another process's now: put what is held straight into DuckDB
+                pending = _parse(held, 0)
+                with writer(self.path) as con:
+                    _apply(con, pending)
+                with self._append_lock:
+                    del self._backlog[:len(held)]
+            pending = self._read_pending()
+            if not pending.lines:
+                return 0
+            self._flush_pending(pending)
+            return len(pending.predictions) + len(pending.feedback)
+
+    def _flush_pending(self, pending: _Pending) -> int:
+        """Apply what was read from the journal, mark it consumed and compact; returns feedback rows deleted."""
+        if not pending.lines:
+            return 0
+        with writer(self.path) as con:
+            deleted = _apply(con, pending)
         with self._append_lock:
-            if self._backlog:  # keep the order: nothing jumps ahead of events still waiting
+            if pending.generation == self._generation:  # else the new journal holds these lines again: harmless
+                self._consumed = pending.end
+                self._journal_events -= pending.lines
+                self._compact_locked()
+        return deleted
+
+    def health(self) -> dict[str, Any]:
+        """Whether every acknowledged event is durable, and how many are not in DuckDB yet (for a readiness probe)."""
+        with self._append_lock:
+            if self._fd is not None:
+                self._journal_ready()
+            held = len(self._backlog)
+            backlog = held + self._journal_events
+            journal_bytes = os.fstat(self._fd).st_size if self._fd is not None else 0
+        problem = self.taken_over or self.append_error
+        if self._fd is None:
+            problem = problem or "The log is not open."
+        elif self.last_flush_error:
+            problem = problem or f"Events are safe in the journal but cannot be moved into DuckDB: {self.last_flush_error}"
+        return {"ok": problem is None, "problem": problem, "held_in_memory": held, "backlog": backlog,
+                "journal_bytes": journal_bytes, "flush_failures": self.flush_failures}
+
+    # -- journal -----------------------------------------------------------------------------------
+    @staticmethod
+    def _line(event: dict) -> bytes:
+        return (json.dumps(event, default=_to_json, ensure_ascii=False) + "\n").encode()
+
+    def _append(self, event: dict) -> bool:
+        """Append one event; True if it is in the journal, False if it is held in memory for now."""
+        if self._fd is None:
+            raise LogError("The log is not open.")
+        line = self._line(event)
+        with self._append_lock:
+            if self._journal_ready() and self._backlog:
+                self._drain_backlog_locked()
+            if self._backlog or not self._journal_ready():  # keep the order: nothing jumps ahead of held events
                 self._backlog.append(line)
-                return
+                return False
             try:
                 self._write_line(line)
             except OSError as exc:
                 self._backlog.append(line)
-                self.append_error = f"The log journal cannot be written ({exc.strerror or exc}); " \
-                                    f"{len(self._backlog)} event(s) are held in memory until it can."
+                self.append_error = (f"The log journal cannot be written ({exc.strerror or exc}); new events are "
+                                     "held in memory until it can, and a stop before then loses them.")
                 log.error(self.append_error)
+                return False
+            return True
 
-    def _write_line(self, line: bytes) -> None:
-        """Append one whole line to the journal, or leave the journal as it was."""
+    def _write_line(self, line: bytes, events: int = 1) -> None:
+        """Append whole lines to the journal, or leave the journal as it was."""
         size = os.fstat(self._fd).st_size
         try:
             written = os.write(self._fd, line)
@@ -497,39 +708,113 @@ class EventLog:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, size)  # never leave half a line behind
             raise
+        self._journal_events += events
 
-    def _drain_backlog(self) -> None:
+    def _drain_backlog_locked(self) -> None:
         """Move events held in memory into the journal, in order, as far as it takes them."""
-        with self._append_lock:
-            while self._backlog:
-                try:
-                    self._write_line(self._backlog[0])
-                except OSError:
-                    return
-                self._backlog.pop(0)
-            self.append_error = None
+        while self._backlog:
+            try:
+                self._write_line(self._backlog[0])
+            except OSError:
+                return
+            self._backlog.pop(0)
+        self.append_error = None
 
     @property
     def held_in_memory(self) -> int:
         """Events acknowledged but not yet in the journal (only while it cannot be written)."""
         return len(self._backlog)
 
+    def _journal_ready(self) -> bool:
+        """Whether appends reach this writer's journal; recreates a journal deleted or replaced under it.
+
+        Called with the append lock held. False (and `taken_over` set) when another process holds the log.
+        """
+        if self.taken_over:
+            return False
+        if _same_file(self.journal_path, self._fd) and _same_file(self.lock_path, self._lock_fd):
+            return True
+        if not _same_file(self.lock_path, self._lock_fd):
+            fd = _take_lock(self.lock_path)
+            if fd is None:
+                return self._lost("its lock file was replaced and another process holds the new one")
+            os.close(self._lock_fd)
+            self._lock_fd = fd
+        if not _same_file(self.journal_path, self._fd):
+            if self.journal_path.exists():
+                fd = _take_lock(self.journal_path, os.O_RDWR | os.O_APPEND)
+                if fd is None:
+                    return self._lost("its journal was replaced by one another process is writing")
+                os.close(fd)
+                kept = self.journal_path.with_name(f"{self.journal_path.name}.replaced-{utcnow():%Y%m%dT%H%M%S%f}")
+                os.rename(self.journal_path, kept)  # never replayed: it could name rows deleted since
+                log.error("The log journal %s was replaced under the running writer; the stranger was kept as %s.",
+                          self.journal_path, kept.name)
+            else:
+                log.error("The log journal %s was deleted under the running writer; recreating it with the "
+                          "%d event(s) not yet in DuckDB.", self.journal_path, self._journal_events)
+            try:
+                self._rewrite_journal()
+            except OSError as exc:
+                self.append_error = f"The log journal was removed and cannot be recreated ({exc.strerror or exc})."
+                log.error(self.append_error)
+                return False
+        return True
+
+    def _lost(self, why: str) -> bool:
+        self.taken_over = (f"Another process has taken over the log {self.path} ({why}); this process holds new "
+                           "events in memory and writes them straight into DuckDB.")
+        log.error(self.taken_over)
+        return False
+
+    def _new_journal_path(self) -> Path:
+        return self.journal_path.with_name(self.journal_path.name + ".new")
+
+    def _rewrite_journal(self) -> None:
+        """Replace the journal with its unconsumed part, atomically (written, synced, renamed into place)."""
+        size = os.fstat(self._fd).st_size
+        tail = os.pread(self._fd, size - self._consumed, self._consumed)
+        new = self._new_journal_path()
+        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.write(fd, tail) != len(tail):
+                raise OSError(28, "No space left on device")
+            os.fsync(fd)
+            os.rename(new, self.journal_path)
+        except BaseException:
+            os.close(fd)
+            new.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.journal_path.parent)
+        os.close(self._fd)
+        self._fd = fd
+        self._consumed = 0
+        self._generation += 1
+
+    def _compact_locked(self) -> None:
+        """Cut what DuckDB holds out of the journal: all of it once drained, else once it passes COMPACT_BYTES."""
+        if not _same_file(self.journal_path, self._fd):
+            return  # the next append recreates it
+        size = os.fstat(self._fd).st_size
+        try:
+            if size == self._consumed:
+                os.ftruncate(self._fd, 0)
+                self._consumed = 0
+            elif self._consumed >= COMPACT_BYTES:
+                self._rewrite_journal()
+        except OSError as exc:  # a full disk, an immutable journal: it keeps its consumed part, replay is idempotent
+            log.warning("journal compaction failed, will retry: %s", exc)
+
     def _read_pending(self) -> _Pending:
         with self._append_lock:
             size = os.fstat(self._fd).st_size
-            data = os.pread(self._fd, size - self._consumed, self._consumed)
+            consumed, generation = self._consumed, self._generation
+            data = os.pread(self._fd, size - consumed, consumed)
         complete = data[: data.rfind(b"\n") + 1]
-        pending = _Pending([], [], self._consumed + len(complete))
-        for line in complete.splitlines():
-            event = json.loads(line)
-            getattr(pending, event["table"]).append(_from_journal(event["row"]))
+        pending = _parse(complete.splitlines(), consumed + len(complete))
+        pending.generation = generation
         return pending
-
-    def _truncate_if_drained(self) -> None:
-        with self._append_lock:
-            if os.fstat(self._fd).st_size == self._consumed:
-                os.ftruncate(self._fd, 0)
-                self._consumed = 0
 
     def _drop_torn_tail(self) -> None:
         """Cut a line a killed writer left half-written; it was never acknowledged."""

@@ -76,7 +76,7 @@ class Deleted:
 
 def purge(db: str | os.PathLike, store: ImageStore | None, older_than_days: float | None = None,
           prediction_id: str | None = None, session_id: str | None = None) -> Deleted:
-    """Delete by age, prediction id or session from a log no other process is writing."""
+    """Delete by age, prediction id or session through the log's journal; refused while another process writes it."""
     conditions, params = [], []
     if older_than_days is not None:
         conditions.append("created_at < ?")
@@ -89,8 +89,16 @@ def purge(db: str | os.PathLike, store: ImageStore | None, older_than_days: floa
         params.append(session_id)
     if not conditions:
         raise ValueError("say what to purge: an age, a prediction id or a session id")
-    with eventlog.writer(db) as con:
-        removed = eventlog.delete_predictions(con, " AND ".join(conditions), params)
+    eventlog.require_log(db)  # a mistyped path must not become an empty log
+    # Through the writer, not straight into DuckDB: it takes the writer lock (a running demo refuses it),
+    # replays what the journal holds, and leaves tombstones so no later replay brings the rows back.
+    log = eventlog.EventLog(db, flush_interval=3600).open()
+    try:
+        removed = log.delete(" AND ".join(conditions), params)
+    finally:
+        log.close()
+    if store and log.replayed_images:
+        store.delete(log.replayed_images)
     return Deleted(len(removed.ids), removed.feedback, store.delete(removed.images) if store else 0)
 
 

@@ -38,6 +38,8 @@ class Studio:
         self.retention_days = retention_days
         self.after_delete: list[Callable[[], Any]] = []  # run when rows went, e.g. to drop exports holding them
         self._stop = threading.Event()
+        if recognizer.store and log.replayed_images:  # finish image deletions a kill cut short
+            recognizer.store.delete(log.replayed_images)
         if retention_days > 0:
             threading.Thread(target=self._retain, name="retention", daemon=True).start()
 
@@ -92,7 +94,8 @@ class Studio:
         steps = self.recognizer.steps(source, prompt=prompt)
         yield next(steps)
         result = next(steps)
-        self.log.log_prediction(prediction_row(result, source=origin, session_id=session_id))
+        logged = self.log.log_prediction(prediction_row(result, source=origin, session_id=session_id))
+        result["logged"] = logged.durable  # False: answered, but held in memory until the journal can take it
         yield result
 
     def predict(self, source: Any, prompt: str | None = None, origin: str = "api",
@@ -106,7 +109,8 @@ class Studio:
         """Record feedback on a logged prediction."""
         feedback_id, new = self.log.log_feedback(prediction_id, verdict=verdict, corrected_label=corrected_label,
                                                  edited_caption=edited_caption)
-        return {"id": feedback_id, "prediction_id": prediction_id, "recorded": True, "duplicate": not new}
+        return {"id": str(feedback_id), "prediction_id": prediction_id, "recorded": True, "duplicate": not new,
+                "logged": feedback_id.durable}
 
     def delete_data(self, session_id: str | None = None, prediction_id: str | None = None) -> Deleted:
         """Delete a session's or one prediction's rows and kept images ("delete my data")."""

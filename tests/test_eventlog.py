@@ -94,16 +94,44 @@ def test_a_log_that_cannot_be_written_holds_events_and_writes_them_later(tmp_pat
         return real_write(fd, data)
 
     monkeypatch.setattr(eventlog.os, "write", write)
-    ids = [log.log_prediction(sample_row(i)) for i in range(5)]  # still answered
-    log.log_feedback(ids[0], verdict="up")
+    ids = [log.log_prediction(sample_row(i)) for i in range(5)]  # still answered, but said not to be durable
+    feedback_id, _ = log.log_feedback(ids[0], verdict="up")
+    assert not any(i.durable for i in ids) and not feedback_id.durable
     assert log.held_in_memory == 6 and "No space left" in log.append_error
+    health = log.health()
+    assert health["ok"] is False and health["held_in_memory"] == 6 and health["backlog"] == 6
+    assert "No space left" in health["problem"]
     assert log.flush() == 0 and log.held_in_memory == 6
     full["on"] = False
     assert log.flush() == 6
     assert log.held_in_memory == 0 and log.append_error is None
+    assert log.log_prediction(sample_row(7)).durable
+    assert log.health()["ok"] is True
     log.close()
-    assert set(eventlog.query(db, "SELECT id FROM predictions").id) == set(ids)
+    assert set(eventlog.query(db, "SELECT id FROM predictions").id) >= set(ids)
     assert _count(db, "feedback") == 1
+
+
+def test_a_writer_whose_lock_and_journal_were_taken_says_so_and_loses_nothing(tmp_path):
+    db = tmp_path / "log.duckdb"
+    first = EventLog(db, flush_interval=60).open()
+    before = first.log_prediction(sample_row(1))
+    db.with_name(db.name + ".journal").unlink()
+    db.with_name(db.name + ".lock").unlink()
+    second = EventLog(db, flush_interval=60).open()  # finds no lock: the log looks free
+    try:
+        after = first.log_prediction(sample_row(2))
+        assert before.durable and not after.durable  # not in any journal this process owns
+        health = first.health()
+        assert health["ok"] is False and "taken over" in health["problem"] and health["held_in_memory"] == 1
+        with pytest.raises(LogError, match="deletion could not be recorded"):
+            first.delete("id = ?", [before])
+        first.flush()  # what it held goes straight into DuckDB, and its own journal's events too
+        assert first.held_in_memory == 0
+    finally:
+        first.close()
+        second.close()
+    assert set(eventlog.query(db, "SELECT id FROM predictions").id) == {before, after}
 
 
 def test_the_same_feedback_twice_counts_once(tmp_path):
@@ -175,9 +203,8 @@ def test_a_torn_journal_line_is_dropped_and_replay_is_idempotent(tmp_path):
     more = [log.log_prediction(sample_row(i)) for i in range(5, 8)]
     # Simulate a crash: the flusher never ran for `more`, and a write was cut mid-line.
     os.write(log._fd, b'{"table": "predictions", "row": {"id": "torn"')
-    os.close(log._fd)
-    log._fd = None
     log._stop.set()
+    log._release()  # a dead process's files close, its locks with them
     with EventLog(db):
         pass
     found = set(eventlog.query(db, "SELECT id FROM predictions").id)
@@ -270,3 +297,25 @@ def test_a_version_1_log_is_migrated_in_place(tmp_path):
         assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION == 2
         rows = con.execute("SELECT id, top1_label, classifier_precision FROM predictions ORDER BY id").fetchall()
     assert rows[-1] == ("old", "tabby", None) and rows[0][2] == "int8"
+
+
+def test_a_journal_replaced_under_the_writer_is_kept_aside_and_never_replayed(tmp_path):
+    db = tmp_path / "log.duckdb"
+    journal = db.with_name(db.name + ".journal")
+    log = EventLog(db, flush_interval=60).open()
+    doomed = log.log_prediction(sample_row(1))
+    stale = journal.read_bytes()  # someone's copy, taken while the row was still there
+    log.delete("id = ?", [doomed])
+    pending = log.log_prediction(sample_row(2))  # only in the journal
+    restored = tmp_path / "restored"
+    restored.write_bytes(stale)
+    os.replace(restored, journal)  # an old copy put back in place (a restore, a sync tool)
+    later = log.log_prediction(sample_row(3))
+    assert later.durable and log.health()["ok"]
+    kept = [p.name for p in tmp_path.iterdir() if ".journal.replaced-" in p.name]
+    assert len(kept) == 1
+    log._stop.set()
+    log._release()  # a crash: the next start replays only its own journal
+    with EventLog(db):
+        pass
+    assert set(eventlog.query(db, "SELECT id FROM predictions").id) == {pending, later}
