@@ -25,7 +25,7 @@ from starlette.middleware import Middleware  # noqa: E402
 from demo.gate import Gate  # noqa: E402
 
 from pipelines import access, settings  # noqa: E402
-from pipelines.eventlog import FeedbackRejected  # noqa: E402
+from pipelines.eventlog import FeedbackRejected, LogError  # noqa: E402
 from pipelines.intake import ImageRejected, Limits, data_url_bytes, save_upload  # noqa: E402
 from pipelines.models import ModelLoadError  # noqa: E402
 from pipelines.studio import RequestRejected, Studio  # noqa: E402
@@ -208,7 +208,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         session = request.session_hash if request else None
         try:
             deleted = studio.delete_session(session, key, issued)
-        except RequestRejected as exc:
+        except (RequestRejected, LogError) as exc:  # LogError: the deletion could not be journalled, so none ran
             raise _user_error(exc) from None
         if session:  # copies no one else holds go now; one another visitor still needs goes after them
             deleted.uploads += refs.release_all(f"session:{session}")
@@ -242,7 +242,10 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
     def api_delete(prediction_id: str) -> dict:
         """Delete one prediction, its feedback and any kept image ("delete my data")."""
-        deleted = studio.delete_data(prediction_id=prediction_id)
+        try:
+            deleted = studio.delete_data(prediction_id=prediction_id)
+        except (RequestRejected, LogError) as exc:
+            raise _user_error(exc) from None
         return {"deleted": deleted.__dict__, "message": deleted.sentence()}
 
     def admin(request: gr.Request | None, token: str | None) -> None:
@@ -267,7 +270,10 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
     def admin_purge(older_than_days: float, token: str | None = None, request: gr.Request = None) -> dict:
         """Delete predictions, feedback and kept images older than a number of days."""
         admin(request, token)
-        deleted = studio.purge_older_than(float(older_than_days))
+        try:
+            deleted = studio.purge_older_than(float(older_than_days))
+        except LogError as exc:
+            raise _user_error(exc) from None
         return {"deleted": deleted.__dict__, "message": deleted.sentence()}
 
     def admin_export(token: str | None = None, request: gr.Request = None) -> str:

@@ -429,3 +429,30 @@ def test_the_demo_closes_its_log_on_sigterm_and_deletions_stay_deleted(tiny_clas
     print(f"\ndemo SIGTERM: exit 0, journal {journal.stat().st_size} bytes; deleted 1, resurrected "
           f"{len({results[0]['id']} & found)}; kept {len(kept)}, lost {len(kept - found)}")
     assert found == kept and not _ids(db, "feedback")
+
+
+def test_a_deletion_that_cannot_be_journalled_is_refused_with_a_sentence(tiny_classifier_dir, tiny_captioner_dir,
+                                                                         tmp_path):
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("chattr +i needs the chattr tool and root")
+    from gradio_client import Client, handle_file
+    from tests.demo_server import launched, test_settings
+
+    db = tmp_path / "log.duckdb"
+    journal = db.with_name(db.name + ".journal")
+    config = test_settings(tiny_classifier_dir, tiny_captioner_dir, db, flush_interval=3600.0)
+    with launched(config) as (_, url):
+        client = Client(url, verbose=False)
+        result = client.predict(handle_file(str(sorted(PHOTOS.glob("*.JPEG"))[0])), api_name="/predict")
+        if subprocess.run(["chattr", "+i", str(journal)], capture_output=True).returncode:
+            pytest.skip("this file system does not support chattr +i")
+        try:
+            with pytest.raises(Exception) as refused:
+                client.predict(result["id"], api_name="/delete_my_data")
+        finally:
+            subprocess.run(["chattr", "-i", str(journal)], capture_output=True)
+        assert "nothing was deleted" in str(refused.value), str(refused.value)
+        assert client.predict(result["id"], "up", None, None, api_name="/feedback")["recorded"] is True
+        gone = client.predict(result["id"], api_name="/delete_my_data")  # once the journal can be written
+        assert gone["deleted"]["predictions"] == 1
+    assert result["id"] not in _ids(db)
