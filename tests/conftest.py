@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,35 @@ def hf_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # huggingface_hub reads the variable once at import into constants.HF_HUB_OFFLINE; every check reads that
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+_CLIENTS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _track_gradio_clients():
+    """Note every gradio_client.Client the tests open, so each module can close its own."""
+    from gradio_client import Client
+
+    opened = Client.__init__
+
+    def init(self, *args, **kwargs):
+        opened(self, *args, **kwargs)
+        _CLIENTS.add(self)
+
+    Client.__init__ = init
+    yield
+    Client.__init__ = opened
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_gradio_clients(_track_gradio_clients):
+    """Close a module's clients when it ends: a heartbeat thread left behind reconnects to a closed server later,
+    inside another module's test (test_models refuses every connection while it runs)."""
+    yield
+    for client in list(_CLIENTS):
+        client.close()
+    _CLIENTS.clear()
 
 
 def pytest_configure(config):
