@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -211,6 +212,17 @@ def test_payload_contract_on_tiny_vit(tiny_classifier_dir, size):
     assert abs(cols / rows - size[0] / size[1]) < 0.1  # a 2:1 photo gives a grid twice as wide as tall
     assert explain._target.kind == "tokens"  # the ViT route: the last block's input norm, reshaped to patches
     assert max(values) == 1.0  # Grad-CAM found positive evidence somewhere
+    assert len(json.dumps(payload)) < 12_000  # the log stores a small grid, never the photo
+
+
+def test_explains_inside_a_callers_inference_mode(tiny_classifier_dir):
+    from pipelines.classify import Classifier
+
+    explain = Explain.from_classifier(Classifier(tiny_classifier_dir, device="cpu", precision="fp32"))
+    image = Image.new("RGB", (48, 40), (200, 30, 30))
+    with torch.inference_mode():
+        payload = explain(image)
+    assert payload["grid"] == [27, 32]
 
 
 def test_class_attributes_for_a_registry():

@@ -208,8 +208,8 @@ class Explain:
         """Top-1 class and its Grad-CAM over the model input, (h, w) at the input's resolution."""
         from captum.attr import LayerAttribution, LayerGradCam
 
-        pixels = inputs["pixel_values"]
         with self._lock, torch.inference_mode(False), torch.enable_grad():
+            pixels = inputs["pixel_values"].clone()  # a caller's inference-mode tensor cannot enter autograd
             if self._target is None:
                 self._target = find_target(self.model, pixels)
             target = self._target
