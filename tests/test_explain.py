@@ -229,3 +229,15 @@ def test_class_attributes_for_a_registry():
     assert Explain.name == "explain"
     assert Explain.default_model and Explain.settings["grid_size"] == 32
     assert set(Explain.output) == {"label", "heatmap", "grid"}
+
+
+def test_explains_the_label_it_is_given(tiny_classifier_dir):
+    from pipelines.classify import Classifier
+
+    classifier = Classifier(tiny_classifier_dir, device="cpu", precision="fp32")
+    explain = Explain.from_classifier(classifier)
+    image = Image.new("RGB", (40, 40), (30, 200, 30))
+    last = classifier(image, top_k=10)[-1]["label"]  # the least likely label: not what the model would pick
+    assert explain(image, label=last)["label"] == last
+    with pytest.raises(ValueError, match="no such label"):
+        explain(image, label="not a label")

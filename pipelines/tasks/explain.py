@@ -192,17 +192,24 @@ class Explain:
             model = twin.model
         return cls(model, classifier.processor, grid_size=grid_size, labels=classifier.labels)
 
-    def __call__(self, image: Image.Image) -> dict:
-        """{"label", "heatmap", "grid"} for image (upright, as the visitor sees it)."""
-        return self.postprocess(self._forward(self.preprocess(image)), image.size)
+    def __call__(self, image: Image.Image, label: str | None = None) -> dict:
+        """{"label", "heatmap", "grid"} for image (upright, as the visitor sees it).
 
-    def preprocess(self, image: Image.Image) -> dict:
-        """The model input and where it lies in the photo."""
+        label: the label to explain, e.g. the top-1 the (int8) classifier showed, so the page explains what it
+        said and no extra forward pass is run; None explains this float model's own top-1.
+        """
+        return self.postprocess(self._forward(self.preprocess(image, label)), image.size)
+
+    def preprocess(self, image: Image.Image, label: str | None = None) -> dict:
+        """The model input, where it lies in the photo, and the class to explain (None: the top-1)."""
+        if label is not None and label not in self.labels:
+            raise ValueError(f"cannot explain {label!r}: the classifier has no such label.")
         if image.mode != "RGB":
             image = image.convert("RGB")
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixels.to(self._device, torch.float32),
-                "box": crop_box(self.processor, *image.size)}
+                "box": crop_box(self.processor, *image.size),
+                "index": None if label is None else self.labels.index(label)}
 
     def _forward(self, inputs: dict) -> dict:
         """Top-1 class and its Grad-CAM over the model input, (h, w) at the input's resolution."""
@@ -213,8 +220,10 @@ class Explain:
             if self._target is None:
                 self._target = find_target(self.model, pixels)
             target = self._target
-            with torch.no_grad():
-                index = int(self.model(pixel_values=pixels).logits[0].argmax())
+            index = inputs.get("index")
+            if index is None:
+                with torch.no_grad():
+                    index = int(self.model(pixel_values=pixels).logits[0].argmax())
             forward = lambda x: self.model(pixel_values=x).logits  # noqa: E731
             if target.kind == "conv":
                 cam = LayerGradCam(forward, target.module).attribute(pixels, target=index, relu_attributions=True)
