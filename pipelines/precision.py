@@ -8,8 +8,10 @@ Modes:
   quantises its input on the fly (dynamic quantisation, fbgemm/oneDNN kernels, VNNI where the CPU has it);
   everything else (embeddings, layer norms, attention, the patch convolution) stays fp32.
 - ``auto``: resolved once, at load time, to the fastest mode that keeps the fidelity bounds on this machine:
-  on a CPU, bf16 where it has AMX, else int8 where torch has the quantised kernels, else bf16 where it has
-  AVX512-BF16, else fp32; on a GPU, bf16 where it has bf16, else fp32. All modes keep the bounds on the stand-ins
+  on a CPU, bf16 where it has AMX, else int8 where torch has the quantised kernels and the model's linear layers
+  do most of its multiply-adds (``INT8_MIN_LINEAR_SHARE``; a CNN such as MobileNetV2 does 99.6% in convolutions,
+  which int8 leaves in fp32), else bf16 where it has AVX512-BF16, else fp32; on a GPU, bf16 where it has bf16,
+  else fp32. All modes keep the bounds on the stand-ins
   (see bench/results.md), so the order is by speed: measured here (AVX-512 with VNNI, no bf16) int8 is 2.1x fp32
   and bf16 is 3x slower than fp32; AMX's bf16 tiles outrun VNNI int8 on paper, not measured (no such machine).
 
@@ -36,6 +38,11 @@ CHOICES = (AUTO, *PRECISIONS)
 # Fidelity bounds against the fp32 reference on the same preprocessed input.
 CLASSIFY_MIN_COSINE = 0.995  # cosine of the classifier's logits, on every image
 CAPTION_MIN_COSINE = 0.99  # cosine of the captioner's teacher-forced next-token logits
+
+# Dynamic int8 speeds up nn.Linear only, and costs a quantisation of each linear layer's input: below this share of
+# the model's multiply-adds in linear layers the model runs as fast as in fp32 (MobileNetV2, 0.4%: 66 vs 69 ms
+# here) while its answers move, so auto keeps such a model out of int8. ViT's linear layers do over 99%.
+INT8_MIN_LINEAR_SHARE = 0.5
 
 
 # --- what this machine has ------------------------------------------------------------------------------------------
@@ -86,8 +93,11 @@ def bf16_fast(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
-def resolve_precision(asked: str | None, device: torch.device) -> str:
-    """The concrete mode (fp32, bf16 or int8) for the asked one on device; ValueError for what cannot run."""
+def resolve_precision(asked: str | None, device: torch.device, int8_helps: bool = True) -> str:
+    """The concrete mode (fp32, bf16 or int8) for the asked one on device; ValueError for what cannot run.
+
+    int8_helps: whether int8 would speed up this model (see linear_share); auto skips int8 where it would not.
+    """
     name = (asked or AUTO).strip().lower()
     if name not in CHOICES:
         raise ValueError(f"unknown precision {asked!r}; expected one of {', '.join(CHOICES)}.")
@@ -95,7 +105,7 @@ def resolve_precision(asked: str | None, device: torch.device) -> str:
         if device.type == "cpu":
             if cpu_has_amx():
                 return BF16
-            if int8_available():
+            if int8_available() and int8_helps:
                 return INT8
         return BF16 if bf16_fast(device) else FP32
     if name == INT8:
@@ -211,6 +221,36 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 dynamic"
+
+
+_MAC_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def linear_share(model: nn.Module, inputs: dict) -> float:
+    """The share of model's multiply-adds done in nn.Linear layers (the ones int8 quantises), for one call on inputs.
+
+    Run it on a model and inputs on the meta device: shapes only, no weights read and no arithmetic done.
+    """
+    macs = {"linear": 0, "conv": 0}
+
+    def count(module, _args, out):
+        if isinstance(module, nn.Linear):
+            macs["linear"] += out.numel() * module.in_features
+        else:  # each output value of a convolution is a dot product over its kernel and input channels of its group
+            kernel = 1
+            for side in module.kernel_size:
+                kernel *= side
+            macs["conv"] += out.numel() * (module.in_channels // module.groups) * kernel
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, _MAC_LAYERS)]
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    total = macs["linear"] + macs["conv"]
+    return macs["linear"] / total if total else 1.0
 
 
 # exact(name) -> the tensor saved under name in the checkpoint (fp32), or None: lets a model loaded in bf16 get its
