@@ -252,8 +252,8 @@ class LazyModel:
         try:
             source, pretrained_kwargs, revision = self._locate(retry)
             try:
-                if self._precision == prec.INT8:
-                    self._weigh_int8(source, pretrained_kwargs)
+                if self._precision != prec.FP32:
+                    self._weigh_reduced(source, pretrained_kwargs)
                 self._load_components(source, pretrained_kwargs)
             except ModelLoadError:
                 raise
@@ -268,14 +268,14 @@ class LazyModel:
             log.warning("The %s '%s' runs in bf16, which this CPU emulates (no AVX512-BF16 or AMX): expect it "
                         "several times slower than fp32.", self.role, self._model_id)
 
-    def _weigh_int8(self, source: str, pretrained_kwargs: dict) -> None:
-        """Keep auto out of int8 for a model whose linear layers do little of its work (int8 speeds up only those)."""
+    def _weigh_reduced(self, source: str, pretrained_kwargs: dict) -> None:
+        """Keep auto in fp32 for a model whose linear layers do little of its work (prec.REDUCED_MIN_LINEAR_SHARE)."""
         share = self._linear_share(source, pretrained_kwargs)
-        if share is None or share >= prec.INT8_MIN_LINEAR_SHARE:
+        if share is None or share >= prec.REDUCED_MIN_LINEAR_SHARE:
             return
         if self._asked_precision.strip().lower() == prec.AUTO:
-            self._precision = prec.resolve_precision(prec.AUTO, self._device, int8_helps=False)
-        else:
+            self._precision = prec.resolve_precision(prec.AUTO, self._device, convolutional=True)
+        elif self._precision == prec.INT8:
             log.warning("The %s '%s' runs in int8 as asked, but int8 quantises only linear layers, which do %.1f%% "
                         "of its multiply-adds: it runs about as fast as fp32.", self.role, self._model_id, 100 * share)
 
