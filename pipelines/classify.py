@@ -26,9 +26,12 @@ def readable_labels(names: list[str]) -> list[str]:
     short = [_short_name(n) for n in names]
     clashes = Counter(short)
     result = [s if clashes[s] == 1 and s else _full_name(n) for s, n in zip(short, names)]
-    # ImageNet's two "crane" are identical even in full, so only the id can tell them apart
+    # ImageNet's two "crane" are identical even in full, so only the id can tell them apart. A leading
+    # "background" output (TF-slim MobileNets: 1001 outputs) is no class of the dataset: ids count from the class
+    # after it, so the same class gets the same name, "crane (134)", in models with and without it.
+    first = 1 if names and names[0].strip().lower() == "background" else 0
     clashes = Counter(result)
-    return [r if clashes[r] == 1 and r else f"{r} ({i})".lstrip() for i, r in enumerate(result)]
+    return [r if clashes[r] == 1 and r else f"{r} ({i - first})".lstrip() for i, r in enumerate(result)]
 
 
 class Classifier(LazyModel):
@@ -57,6 +60,20 @@ class Classifier(LazyModel):
         config = model.config
         self._labels = readable_labels([str(config.id2label[i]) for i in range(config.num_labels)])
         self._multi_label = config.problem_type == "multi_label_classification" or config.num_labels == 1
+
+    def _linear_share(self, source: str, pretrained_kwargs: dict) -> float | None:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(source, **pretrained_kwargs)
+            with torch.device("meta"):  # shapes only: nothing is allocated or computed
+                model = AutoModelForImageClassification.from_config(config).eval()
+                size = getattr(config, "image_size", 224)
+                height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+                pixels = torch.empty(1, getattr(config, "num_channels", 3), height, width)
+            return prec.linear_share(model, {"pixel_values": pixels})
+        except Exception:  # an architecture that will not run on the meta device: int8 as before
+            return None
 
     @property
     def labels(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -154,6 +155,19 @@ def _short(revision: str | None) -> str:
     return revision[:12] if len(revision) == 40 else revision
 
 
+def local_revision(folder: str | os.PathLike) -> str:
+    """A local folder's revision: "local-" and a hash of its files' names and contents, so two fine-tunes differ.
+
+    Only the folder's own visible files count: `hf download --local-dir` keeps its bookkeeping in .cache/.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")):
+        digest.update(path.name.encode("utf-8") + b"\0")
+        with open(path, "rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return f"local-{digest.hexdigest()[:16]}"
+
+
 class LazyModel:
     """A model loaded on first use, exactly once, from a hub id or a local folder; remembers a failed load."""
 
@@ -180,7 +194,7 @@ class LazyModel:
 
     @property
     def revision(self) -> str | None:
-        """The loaded revision: a commit hash when the hub tells it, the asked revision, or "local"; None before."""
+        """The loaded revision: the hub's commit hash, the asked revision, or local_revision(folder); None before."""
         return self._revision
 
     @property
@@ -238,6 +252,8 @@ class LazyModel:
         try:
             source, pretrained_kwargs, revision = self._locate(retry)
             try:
+                if self._precision != prec.FP32:
+                    self._weigh_reduced(source, pretrained_kwargs)
                 self._load_components(source, pretrained_kwargs)
             except ModelLoadError:
                 raise
@@ -247,6 +263,25 @@ class LazyModel:
             self._precision = None
             raise
         self._revision = revision
+        if self._precision == prec.BF16 and not prec.bf16_fast(self._device):
+            # asked for by name (auto never picks it here): say why the answers come slowly
+            log.warning("The %s '%s' runs in bf16, which this CPU emulates (no AVX512-BF16 or AMX): expect it "
+                        "several times slower than fp32.", self.role, self._model_id)
+
+    def _weigh_reduced(self, source: str, pretrained_kwargs: dict) -> None:
+        """Keep auto in fp32 for a model whose linear layers do little of its work (prec.REDUCED_MIN_LINEAR_SHARE)."""
+        share = self._linear_share(source, pretrained_kwargs)
+        if share is None or share >= prec.REDUCED_MIN_LINEAR_SHARE:
+            return
+        if self._asked_precision.strip().lower() == prec.AUTO:
+            self._precision = prec.resolve_precision(prec.AUTO, self._device, convolutional=True)
+        elif self._precision == prec.INT8:
+            log.warning("The %s '%s' runs in int8 as asked, but int8 quantises only linear layers, which do %.1f%% "
+                        "of its multiply-adds: it runs about as fast as fp32.", self.role, self._model_id, 100 * share)
+
+    def _linear_share(self, source: str, pretrained_kwargs: dict) -> float | None:
+        """The share of the model's multiply-adds in linear layers (prec.linear_share), or None if not known."""
+        return None
 
     def _locate(self, retry: bool = False) -> tuple[str, dict, str]:
         """The path or id to load, the from_pretrained kwargs, and the revision to record."""
@@ -256,7 +291,7 @@ class LazyModel:
             if not (folder / "config.json").is_file():
                 raise self._failure(f"the folder {folder.resolve()} has no config.json, so it holds no saved model. "
                                     f"{self._folder_hint()}", NOT_A_MODEL)
-            return str(folder), {}, "local"
+            return str(folder), {}, local_revision(folder)
         if _looks_like_path(model):
             where = Path(model).expanduser().resolve()
             what = "is a file, not a folder" if where.exists() else "does not exist"

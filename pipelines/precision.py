@@ -9,7 +9,10 @@ Modes:
   everything else (embeddings, layer norms, attention, the patch convolution) stays fp32.
 - ``auto``: resolved once, at load time, to the fastest mode that keeps the fidelity bounds on this machine:
   on a CPU, bf16 where it has AMX, else int8 where torch has the quantised kernels, else bf16 where it has
-  AVX512-BF16, else fp32; on a GPU, bf16 where it has bf16, else fp32. All modes keep the bounds on the stand-ins
+  AVX512-BF16, else fp32; on a GPU, bf16 where it has bf16, else fp32. A convolutional model (linear layers doing
+  under ``REDUCED_MIN_LINEAR_SHARE`` of its multiply-adds) stays in fp32 everywhere: int8 leaves its convolutions in
+  fp32, so it runs no faster, and bf16 breaks the logit bound on the real MobileNetV2 (cosine 0.986 over the 63
+  shared photos). All modes keep the bounds on the stand-ins
   (see bench/results.md), so the order is by speed: measured here (AVX-512 with VNNI, no bf16) int8 is 2.1x fp32
   and bf16 is 3x slower than fp32; AMX's bf16 tiles outrun VNNI int8 on paper, not measured (no such machine).
 
@@ -36,6 +39,12 @@ CHOICES = (AUTO, *PRECISIONS)
 # Fidelity bounds against the fp32 reference on the same preprocessed input.
 CLASSIFY_MIN_COSINE = 0.995  # cosine of the classifier's logits, on every image
 CAPTION_MIN_COSINE = 0.99  # cosine of the captioner's teacher-forced next-token logits
+
+# Dynamic int8 speeds up nn.Linear only: below this share of the model's multiply-adds in linear layers (MobileNetV2:
+# 0.4%) it runs as fast as fp32 while its answers move, and bf16 rounds the activations of every convolution (on
+# MobileNetV2 the logit cosine fell to 0.986, under CLASSIFY_MIN_COSINE), so auto keeps such a model in fp32.
+# ViT's linear layers do over 99%.
+REDUCED_MIN_LINEAR_SHARE = 0.5
 
 
 # --- what this machine has ------------------------------------------------------------------------------------------
@@ -86,12 +95,17 @@ def bf16_fast(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
-def resolve_precision(asked: str | None, device: torch.device) -> str:
-    """The concrete mode (fp32, bf16 or int8) for the asked one on device; ValueError for what cannot run."""
+def resolve_precision(asked: str | None, device: torch.device, convolutional: bool = False) -> str:
+    """The concrete mode (fp32, bf16 or int8) for the asked one on device; ValueError for what cannot run.
+
+    convolutional: the model does most of its work outside linear layers (see linear_share): auto keeps it in fp32.
+    """
     name = (asked or AUTO).strip().lower()
     if name not in CHOICES:
         raise ValueError(f"unknown precision {asked!r}; expected one of {', '.join(CHOICES)}.")
     if name == AUTO:
+        if convolutional:
+            return FP32
         if device.type == "cpu":
             if cpu_has_amx():
                 return BF16
@@ -211,6 +225,36 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 dynamic"
+
+
+_MAC_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def linear_share(model: nn.Module, inputs: dict) -> float:
+    """The share of model's multiply-adds done in nn.Linear layers (the ones int8 quantises), for one call on inputs.
+
+    Run it on a model and inputs on the meta device: shapes only, no weights read and no arithmetic done.
+    """
+    macs = {"linear": 0, "conv": 0}
+
+    def count(module, _args, out):
+        if isinstance(module, nn.Linear):
+            macs["linear"] += out.numel() * module.in_features
+        else:  # each output value of a convolution is a dot product over its kernel and input channels of its group
+            kernel = 1
+            for side in module.kernel_size:
+                kernel *= side
+            macs["conv"] += out.numel() * (module.in_channels // module.groups) * kernel
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, _MAC_LAYERS)]
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    total = macs["linear"] + macs["conv"]
+    return macs["linear"] / total if total else 1.0
 
 
 # exact(name) -> the tensor saved under name in the checkpoint (fp32), or None: lets a model loaded in bf16 get its

@@ -10,7 +10,9 @@ from playwright.sync_api import expect
 
 from pipelines import eventlog
 from tests.browser import screenshot_path
-from tests.demo_server import PHOTOS, launched, test_settings
+from tests.demo_server import PHOTOS, ROOT, launched, test_settings
+
+REAL_CLASSIFIER = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224"
 
 pytestmark = pytest.mark.browser
 
@@ -31,10 +33,23 @@ def _rows(db, sql, params, want, timeout=5.0):
         time.sleep(0.1)
 
 
+def _real_story():
+    """(classifier folder, photo, label it shows first, right label) with the real MobileNetV2, or None without it.
+
+    MobileNetV2 takes this coyote for a timber wolf (coyote second), so the screenshot shows a real correction.
+    """
+    photo = PHOTOS / "n02114855_coyote.JPEG"
+    if not (REAL_CLASSIFIER / "model.safetensors").is_file() or not photo.is_file():
+        return None
+    return REAL_CLASSIFIER, photo, "timber wolf", "coyote"
+
+
 def test_upload_edit_and_correct_in_the_browser(browser, tiny_classifier_dir, tiny_captioner_dir, tmp_path):
-    photo = _photo()
+    # the README screenshot comes from here: real labels from MobileNetV2 where the shared model is present
+    story = _real_story()
+    classifier, photo = (story[0], story[1]) if story else (tiny_classifier_dir, _photo())
     db = tmp_path / "log.duckdb"
-    with launched(test_settings(tiny_classifier_dir, tiny_captioner_dir, db)) as (demo, url):
+    with launched(test_settings(classifier, tiny_captioner_dir, db)) as (demo, url):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         try:
             page.goto(url)
@@ -42,13 +57,18 @@ def test_upload_edit_and_correct_in_the_browser(browser, tiny_classifier_dir, ti
             page.locator("#photo input[type=file]").set_input_files(str(photo))
 
             labels = page.locator("#labels")
-            first_label = demo.studio.recognizer.classifier.labels  # the tiny model's names
-            labels.get_by_text(first_label[0]).or_(labels.get_by_text(first_label[1])).first.wait_for(timeout=60_000)
+            first_label = demo.studio.recognizer.classifier.labels  # the model's names
+            if story:  # the real model's answer, the wrong label first
+                labels.get_by_text(story[2]).first.wait_for(timeout=60_000)
+                expect(labels).to_contain_text(story[3])
+            else:
+                labels.get_by_text(first_label[0]).or_(labels.get_by_text(first_label[1])).first.wait_for(
+                    timeout=60_000)
             caption = page.locator("#caption textarea")
             page.wait_for_function("el => el.value.length > 0", arg=caption.element_handle(), timeout=60_000)
             shown_caption = caption.input_value()
 
-            edited = "a tabby cat asleep on a sofa"
+            edited = "a coyote lying on the ground" if story else "a tabby cat asleep on a sofa"
             caption.fill(edited)
             page.locator("#save-caption").click()
             page.locator("#message").get_by_text("caption edited").wait_for()
@@ -56,7 +76,7 @@ def test_upload_edit_and_correct_in_the_browser(browser, tiny_classifier_dir, ti
             page.locator("#thumbs-down").click()
             dropdown = page.locator("#corrected-label input")
             dropdown.wait_for()
-            wanted = first_label[-1]
+            wanted = story[3] if story else first_label[-1]
             dropdown.click()
             dropdown.fill(wanted[:5])
             page.get_by_role("option", name=wanted, exact=True).click()

@@ -169,12 +169,27 @@ def test_non_rgb_images_are_accepted(classifier):
         assert len(classifier(_image(mode=mode), top_k=2)) == 2
 
 
+def test_local_folders_with_other_weights_get_other_revisions(tiny_classifier_dir, tmp_path):
+    copy = tmp_path / "fine-tuned"
+    shutil.copytree(tiny_classifier_dir, copy)
+    (copy / ".cache").mkdir()  # hf download --local-dir bookkeeping is not the model
+    (copy / ".cache" / "note").write_text("x")
+    assert models.local_revision(copy) == models.local_revision(tiny_classifier_dir)
+    model = AutoModelForImageClassification.from_pretrained(copy)
+    with torch.no_grad():
+        model.classifier.bias.add_(0.5)  # a "fine-tune": same config and names, other weights
+    model.save_pretrained(copy)
+    tuned = Classifier(copy, device="cpu").load()
+    assert tuned.revision == models.local_revision(copy) != models.local_revision(tiny_classifier_dir)
+
+
 def test_local_folder_loads_without_revision(monkeypatch, tiny_classifier_dir, image):
     calls = _count_calls(monkeypatch, AutoModelForImageClassification)
     clf = Classifier(tiny_classifier_dir, revision="v1", device="cpu")
     assert not clf.loaded and clf.revision is None and clf.error is None
     clf(image)
-    assert clf.loaded and clf.revision == "local" and clf.model_id == str(tiny_classifier_dir)
+    assert clf.loaded and clf.revision == models.local_revision(tiny_classifier_dir)
+    assert clf.revision.startswith("local-") and clf.model_id == str(tiny_classifier_dir)
     assert calls == [{"source": str(tiny_classifier_dir)}]  # no revision= for a folder
 
 

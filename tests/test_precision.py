@@ -112,7 +112,8 @@ def test_precision_is_reported_after_loading(tiny_classifier_dir, tiny_captioner
         model.load()
         assert model.precision in MODES
         assert model.precision == prec.resolve_precision("auto", torch.device("cpu"))
-        assert model.revision == "local"  # the precision is its own attribute, never part of the revision
+        # the precision is its own attribute, never part of the revision
+        assert model.revision == models.local_revision(folder)
     assert Classifier(tiny_classifier_dir, device="cpu").asked_precision == "fp32"  # the class default is unchanged
 
 
