@@ -680,9 +680,10 @@ class EventLog:
             raise LogError("The log is not open.")
         line = self._line(event)
         with self._append_lock:
-            if self._journal_ready() and self._backlog:
+            ready = self._journal_ready()  # stats the journal and lock file: once an append is enough
+            if ready and self._backlog:
                 self._drain_backlog_locked()
-            if self._backlog or not self._journal_ready():  # keep the order: nothing jumps ahead of held events
+            if self._backlog or not ready:  # keep the order: nothing jumps ahead of held events
                 self._backlog.append(line)
                 return False
             try:
