@@ -42,6 +42,9 @@ footer { visibility: hidden; }
 """
 
 
+SEND_THE_IMAGE = "Send the image itself, as a file or a data URL, not a link to it."
+
+
 class PhotoInput(gr.Image):
     """gr.Image that decodes and fetches nothing: it hands intake a file in the upload folder, and intake decides."""
 
@@ -61,9 +64,9 @@ class PhotoInput(gr.Image):
             path = save_upload(data, get_upload_folder())
             self.temp_files.add(path)  # swept by Gradio's cache cleaner like any upload
             return path
-        if not isinstance(payload.path, str) or not payload.path or is_http_url_like(payload.path):
-            raise gr.Error("Send the image itself, as a file or a data URL, not a link to it.",
-                           print_exception=False)
+        if not isinstance(payload.path, str) or not payload.path:
+            raise gr.Error(SEND_THE_IMAGE, print_exception=False)
+        _refuse_link(payload.path)
         if not _in_upload_cache(payload.path):  # a forged payload naming a file on the server
             raise gr.Error("That file was not uploaded here; send the image itself.", print_exception=False)
         return str(payload.path)
@@ -82,7 +85,7 @@ class PhotoInput(gr.Image):
 def _refuse_link(path: str | Path | None) -> None:
     """Refuse a payload whose file is a web address, before Gradio downloads it."""
     if is_http_url_like(path):
-        raise gr.Error("Send the image itself, as a file or a data URL, not a link to it.", print_exception=False)
+        raise gr.Error(SEND_THE_IMAGE, print_exception=False)
 
 
 USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError)
@@ -115,12 +118,18 @@ def _user_error(exc: Exception) -> gr.Error:
     return gr.Error(str(exc), print_exception=False)
 
 
+def _caller(request: gr.Request | None) -> tuple[Any, str | None]:
+    """The request's headers and the address of the connection it came on."""
+    if request is None:
+        return None, None
+    return request.headers, request.client.host if request.client else None
+
+
 def client_address(request: gr.Request | None, policy: access.Access | None = None) -> str | None:
     """The caller's address as the access policy resolves it (forwarded headers only from trusted proxies)."""
     if request is None:
         return None
-    peer = request.client.host if request.client else None
-    return (policy or access.Access()).client(request.headers, peer)
+    return (policy or access.Access()).client(*_caller(request))
 
 
 def _in_upload_cache(path: str) -> bool:
@@ -250,10 +259,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
     def admin(request: gr.Request | None, token: str | None) -> None:
         """Open to a direct connection from this machine while no admin password is set; else only with it."""
-        headers = request.headers if request else None
-        peer = request.client.host if request and request.client else None
         try:
-            studio.access.check_admin(headers, peer, token)
+            studio.access.check_admin(*_caller(request), token)
         except access.AccessDenied as exc:
             raise _user_error(exc) from None
 
