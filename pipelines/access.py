@@ -145,37 +145,53 @@ def check_admin(headers: Any, peer: str | None, password: str, token: str | None
 
 # -- the rate limiter ---------------------------------------------------------------------------------------
 
+class SlidingWindows:
+    """What each client spent in the last 60 s, as (time, amount) pairs; idle clients are forgotten past a cap."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_clients: int = 100_000):
+        self.clock = clock
+        self.max_clients = max_clients
+        self._spent: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self.lock = threading.Lock()
+
+    def window(self, client: str, now: float) -> deque[tuple[float, int]]:
+        """The client's spending still inside the 60 s window, oldest first; call with `lock` held."""
+        if len(self._spent) > self.max_clients:  # forget idle clients rather than grow without bound
+            for key in [k for k, q in self._spent.items() if not q or now - q[-1][0] > 60]:
+                del self._spent[key]
+        window = self._spent[client]
+        while window and now - window[0][0] >= 60:
+            window.popleft()
+        return window
+
+    def clear(self) -> None:
+        """Forget every client's spending."""
+        with self.lock:
+            self._spent.clear()
+
+
 class RateLimiter:
     """At most `per_minute` requests from one client in any 60 s; 0 means no limit."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic, max_clients: int = 100_000):
         self.per_minute = per_minute
-        self.clock = clock
-        self.max_clients = max_clients
-        self._seen: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
+        self._windows = SlidingWindows(clock, max_clients)
 
     def retry_after(self, client: str) -> float:
         """Record a request; 0 if it may go ahead, else the seconds until it could."""
         if self.per_minute <= 0:
             return 0.0
-        now = self.clock()
-        with self._lock:
-            if len(self._seen) > self.max_clients:  # forget idle clients rather than grow without bound
-                for key in [k for k, q in self._seen.items() if not q or now - q[-1] > 60]:
-                    del self._seen[key]
-            window = self._seen[client]
-            while window and now - window[0] >= 60:
-                window.popleft()
+        now = self._windows.clock()
+        with self._windows.lock:
+            window = self._windows.window(client, now)
             if len(window) >= self.per_minute:
-                return round(60 - (now - window[0]), 1)
-            window.append(now)
+                return round(60 - (now - window[0][0]), 1)
+            window.append((now, 1))
             return 0.0
 
     def reset(self) -> None:
         """Forget every client's requests (a fresh minute for all)."""
-        with self._lock:
-            self._seen.clear()
+        self._windows.clear()
 
 
 # -- the policy the Studio owns -----------------------------------------------------------------------------

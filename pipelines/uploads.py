@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from pipelines.access import SlidingWindows
+
 
 # Gradio's cache cleaner removes files older than this anyway; a claim nobody used by then is moot.
 CLAIM_TTL_S = 900.0
@@ -183,23 +185,15 @@ class UploadBudget:
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic, max_clients: int = 100_000):
         self.max_bytes = max_bytes
-        self.clock = clock
-        self.max_clients = max_clients
-        self._spent: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
-        self._lock = threading.Lock()
+        self._windows = SlidingWindows(clock, max_clients)
 
     def take(self, client: str, size: int) -> float:
         """Spend `size` bytes of a client's budget; 0 if granted, else the seconds until it could be."""
         if self.max_bytes <= 0 or size <= 0:
             return 0.0
-        now = self.clock()
-        with self._lock:
-            if len(self._spent) > self.max_clients:  # forget idle clients rather than grow without bound
-                for key in [k for k, q in self._spent.items() if not q or now - q[-1][0] > 60]:
-                    del self._spent[key]
-            window = self._spent[client]
-            while window and now - window[0][0] >= 60:
-                window.popleft()
+        now = self._windows.clock()
+        with self._windows.lock:
+            window = self._windows.window(client, now)
             used = sum(n for _, n in window)
             if used + size <= self.max_bytes:
                 window.append((now, size))
