@@ -43,3 +43,11 @@ def screenshot_path(name: str) -> Path:
     """Where a test keeps a screenshot as an artifact of the run."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS / name
+
+
+def recognize_upload(page, url: str, photo: str | Path) -> None:
+    """Open the demo, upload a photo and wait until its caption is written."""
+    page.goto(url)
+    page.locator("#photo input[type=file]").set_input_files(str(photo))
+    page.wait_for_function("el => el.value.length > 0", arg=page.locator("#caption textarea").element_handle(),
+                           timeout=60_000)

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from pipelines import eventlog
-from tests.browser import screenshot_path
+from tests.browser import recognize_upload, screenshot_path
 from tests.demo_server import PHOTOS, ROOT, launched, test_settings
 
 REAL_CLASSIFIER = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224"
@@ -110,10 +110,7 @@ def test_delete_my_data_in_the_browser_leaves_no_row_or_copy(browser, tiny_class
     with launched(config) as (demo, url):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         try:
-            page.goto(url)
-            page.locator("#photo input[type=file]").set_input_files(str(photo))
-            page.wait_for_function("el => el.value.length > 0", arg=page.locator("#caption textarea").element_handle(),
-                                   timeout=60_000)
+            recognize_upload(page, url, photo)
             page.locator("#thumbs-up").click()
             page.locator("#message").get_by_text("Thanks").wait_for()
             assert any(Path(get_upload_folder()).rglob(photo.name)), "the upload should be cached while in use"

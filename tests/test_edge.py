@@ -20,6 +20,7 @@ from playwright.sync_api import expect
 
 from pipelines.export import ExportShelf
 from pipelines.uploads import UploadBudget, UploadRefs
+from tests.browser import recognize_upload
 from tests.demo_server import EXAMPLES, demo_process, free_port, launched, test_settings, wait_for_http
 
 PHOTO = EXAMPLES / "cat.jpg"
@@ -352,10 +353,7 @@ def test_a_visitor_and_an_api_caller_with_the_same_photo(browser, tiny_classifie
     with launched(config) as (demo, url):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         try:
-            page.goto(url)
-            page.locator("#photo input[type=file]").set_input_files(str(photo))
-            page.wait_for_function("el => el.value.length > 0", arg=page.locator("#caption textarea").element_handle(),
-                                   timeout=60_000)
+            recognize_upload(page, url, photo)
             cached = list(_upload_folder().rglob(photo.name))
             assert len(cached) == 1
             client = Client(url, verbose=False)
