@@ -348,24 +348,35 @@ def test_guesses_an_attacker_gets_in_34_seconds_and_an_hour():
 
 @pytest.fixture
 def silent_hub():
-    """A loopback socket that accepts connections and never answers; yields its URL."""
+    """A loopback socket that accepts connections, reads each request line and never answers.
+
+    Yields its URL and the request lines it received ("HEAD / HTTP/1.1", ...).
+    """
     import socket
     import threading
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(64)
-    held = []
+    held, requests = [], []
+
+    def read(connection):
+        try:
+            requests.append(connection.recv(4096).split(b"\r\n", 1)[0].decode("latin-1"))
+        except OSError:
+            pass
 
     def accept():
         while True:
             try:
-                held.append(server.accept()[0])
+                connection = server.accept()[0]
             except OSError:
                 return
+            held.append(connection)
+            threading.Thread(target=read, args=(connection,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", requests
     server.close()
     for connection in held:
         connection.close()
@@ -409,7 +420,7 @@ def test_an_unreachable_hub_fails_fast_or_loads_from_the_cache(silent_hub, tiny_
     import subprocess
     import sys
 
-    endpoint = silent_hub if kind == "never answers" else f"http://127.0.0.1:{free_port()}"
+    endpoint = silent_hub[0] if kind == "never answers" else f"http://127.0.0.1:{free_port()}"
     env = _hub_env(_hub_cache(tmp_path, tiny_classifier_dir), endpoint)
     out = subprocess.run([sys.executable, "-c", LOAD_PROBE], env=env, capture_output=True, text=True, timeout=300)
     lines = {line.split()[1]: line.split() for line in out.stdout.splitlines() if line.startswith(("LOADED", "FAILED"))}
@@ -417,8 +428,11 @@ def test_an_unreachable_hub_fails_fast_or_loads_from_the_cache(silent_hub, tiny_
     assert lines["imagerec-test/tiny-vit"][2] == "0123456789abcdef0123456789abcdef01234567"
     failed = lines["imagerec-test/not-cached"]
     assert failed[0] == "FAILED" and "cannot be reached" in out.stdout and "hf download" in out.stdout
-    seconds = float(failed[2])
-    assert seconds < 30, f"{kind}: failing took {seconds} s"  # it took 100 to 175 s before (and > 600 s here)
+    seconds = float(failed[2])  # a figure, not a bound: it took 100 to 175 s before (and > 600 s here)
+    if kind == "never answers":  # one probe for the process, then no model request waits on the hub: no retries
+        # (huggingface_hub itself fetches its agent registry once per process, with a short timeout of its own)
+        ours = [line for line in silent_hub[1] if "/api/agent-harnesses" not in line]
+        assert ours == ["HEAD / HTTP/1.1"], silent_hub[1]
     logged = [line for line in out.stderr.splitlines() if "Could not load the classifier" in line]
     assert len(logged) == 1 and "imagerec-test/not-cached" in logged[0], out.stderr[-2000:]
     print(f"hub {kind}: the cached model loaded, the missing one failed in {seconds} s with one log line")
@@ -427,7 +441,7 @@ def test_an_unreachable_hub_fails_fast_or_loads_from_the_cache(silent_hub, tiny_
 def test_the_page_says_at_once_which_model_failed_when_the_hub_never_answers(silent_hub, tiny_classifier_dir,
                                                                            tmp_path):
     port = free_port()
-    env = _hub_env(_hub_cache(tmp_path, tiny_classifier_dir), silent_hub)
+    env = _hub_env(_hub_cache(tmp_path, tiny_classifier_dir), silent_hub[0])
     args = ["--classifier", "imagerec-test/tiny-vit", "--captioner", "imagerec-test/not-cached-blip",
             "--db", str(tmp_path / "log.duckdb"), "--port", str(port)]
     with demo_process(args, env=env) as process:
