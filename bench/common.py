@@ -17,7 +17,7 @@ PHOTOS = ROOT.parent / "shared" / "data" / "imagenet-sample"
 
 def standins(folder: Path = OUT / "models") -> tuple[Path, Path]:
     """The ViT-B/16 and BLIP-base stand-ins (random weights, real shapes), built once into folder."""
-    from pipelines.standins import make_standin_captioner, make_standin_classifier
+    from devtools.standins import make_standin_captioner, make_standin_classifier
 
     vit, blip = folder / "vit-b16-224", folder / "blip-base-384"
     if not (vit / "model.safetensors").is_file():
@@ -123,7 +123,7 @@ def machine() -> dict:
     import torch
     import transformers
 
-    from pipelines import precision
+    from pipelines.models import precision
 
     model = ""
     try:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import duckdb  # noqa: E402
 
 from dashboard import logfile, queries  # noqa: E402
-from pipelines import eventlog  # noqa: E402
+from pipelines.log import eventlog  # noqa: E402
 
 END = "2025-06-01T00:00:00"  # fixed, so every run seeds the same rows
 TARGET_S = 1.0

@@ -15,7 +15,7 @@ MOBILENET = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224"
 
 def vit_standin():
     """The ViT-B/16 stand-in folder, built once (the classifier half of bench.common.standins, without BLIP)."""
-    from pipelines.standins import make_standin_classifier
+    from devtools.standins import make_standin_classifier
 
     folder = OUT / "models" / "vit-b16-224"
     if not (folder / "model.safetensors").is_file():
@@ -25,7 +25,7 @@ def vit_standin():
 
 def time_explain(folder, images, runs: int) -> dict:
     """Milliseconds per explanation (warm), over runs photos, and the classify ms on the same photos for scale."""
-    from pipelines.classify import Classifier
+    from pipelines.tasks.classify import Classifier
     from pipelines.tasks.explain import Explain
 
     classifier = Classifier(folder, device="cpu", precision="fp32")
@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     for name, folder in (("mobilenet_v2_1.0_224", MOBILENET), ("vit-b16-224 stand-in", vit_standin())):
         result["timing"][name] = time_explain(folder, images, args.runs)
     if not args.no_faithfulness:
-        from pipelines.classify import Classifier
+        from pipelines.tasks.classify import Classifier
         from pipelines.tasks.explain import Explain
         from tests.test_explain import deletion_drops, verdict
 

@@ -24,10 +24,10 @@ sys.path.insert(0, str(HERE))
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from pipelines.standins import make_tiny_captioner, make_tiny_classifier  # noqa: E402
+from devtools.standins import make_tiny_captioner, make_tiny_classifier  # noqa: E402
 from tests import hostile_images as h  # noqa: E402
 from tests import procmem  # noqa: E402
-from tests.demo_server import free_port, stop, wait_for_http  # noqa: E402
+from devtools.demo_server import free_port, stop, wait_for_http  # noqa: E402
 
 
 def main(tree: Path) -> None:

@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from bench.common import peak_rss_mb, rss_mb, rss_split_mb
-    from pipelines.caption import Captioner
-    from pipelines.classify import Classifier
+    from pipelines.tasks.caption import Captioner
+    from pipelines.tasks.classify import Classifier
     from pipelines.recognizer import Recognizer
 
     if args.threads:

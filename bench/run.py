@@ -66,8 +66,8 @@ def bench_classification(vit: Path, paths: list[Path], precision: str) -> dict:
     import torch
     from transformers import pipeline
 
-    from pipelines import precision as prec
-    from pipelines.classify import Classifier
+    from pipelines.models import precision as prec
+    from pipelines.tasks.classify import Classifier
     from pipelines.intake import load_image
 
     log(f"classification: baseline pipeline vs Classifier(precision={precision}) on {len(paths)} photos")
@@ -125,8 +125,8 @@ def bench_captioning(blip: Path, paths: list[Path], precision: str, tokens: int)
     import torch
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    from pipelines import precision as prec
-    from pipelines.caption import Captioner
+    from pipelines.models import precision as prec
+    from pipelines.tasks.caption import Captioner
     from pipelines.intake import load_image
 
     log(f"captioning: BlipProcessor + generate (fp32) vs Captioner(precision={precision}), {tokens} tokens, "
@@ -203,9 +203,9 @@ def bench_precisions(vit: Path, blip: Path, paths: list[Path], tokens: int, capt
     import torch
     from transformers import AutoModelForImageClassification, BlipForConditionalGeneration
 
-    from pipelines import precision as prec
-    from pipelines.caption import Captioner
-    from pipelines.classify import Classifier
+    from pipelines.models import precision as prec
+    from pipelines.tasks.caption import Captioner
+    from pipelines.tasks.classify import Classifier
     from pipelines.intake import load_image
 
     log(f"precision modes on {len(paths)} photos (captions on {caption_photos})")
@@ -263,7 +263,7 @@ def bench_precisions(vit: Path, blip: Path, paths: list[Path], tokens: int, capt
 def demo_server(vit: Path, blip: Path, tokens: int, precision: str, concurrency: int, threads: int,
                 workdir: Path):
     """`python -m demo` in its own process on the stand-ins, as deployed; yields (url, process)."""
-    from tests.demo_server import free_port, stop, wait_for_http
+    from devtools.demo_server import free_port, stop, wait_for_http
 
     port = free_port()
     env = {**os.environ, "IMAGEREC_CLASSIFIER": str(vit), "IMAGEREC_CAPTIONER": str(blip),
@@ -361,7 +361,7 @@ def bench_demo(vit: Path, blip: Path, paths: list[Path], tokens: int, precision:
         base = (throughput[str(levels[0])]["req_per_s"] + throughput[f"{levels[0]} again"]["req_per_s"]) / 2
         for t in throughput.values():
             t["vs_one_client"] = round(t["req_per_s"] / base, 3)
-        from pipelines.precision import available_cpus
+        from pipelines.models.precision import available_cpus
 
         return {"precision": precision, "concurrency": concurrency, "threads": threads or available_cpus(),
                 "single_client": single, "throughput": throughput, "server_peak_rss_mb": peak}
@@ -380,7 +380,7 @@ def _load(url: str, paths: list[Path], clients: int, requests: int) -> dict:
 
 def bench_logging(path: Path, runs: int = 50) -> dict:
     """What writing one prediction to the log costs (journal append, fsync on, as the demo runs it)."""
-    from pipelines.eventlog import EventLog, new_id, utcnow
+    from pipelines.log.eventlog import EventLog, new_id, utcnow
 
     folder = Path(tempfile.mkdtemp(prefix="log-", dir=OUT))
     try:
@@ -525,7 +525,7 @@ def markdown(results: dict) -> str:
         "(a shared machine: compare the ratios, measured in one process, photo by photo in turn).",
         "",
         "Stand-ins: ViT-B/16 224 with 1000 labels and BLIP base 384, random weights, built by "
-        "`pipelines.standins`; photos: the ImageNet sample. Times are medians in ms unless marked.",
+        "`devtools.standins`; photos: the ImageNet sample. Times are medians in ms unless marked.",
         "",
         "## Targets",
         "",
@@ -690,7 +690,7 @@ TRIED = [
     "int8, and BLIP generation would need the decoder exported with its cache. Dropped.",
     "Tried: OpenVINO 2026.4 (int8-compressed weights, dynamic quantisation): ViT 137 ms vs torch int8 ~101 ms. "
     "Dropped.",
-    "Kept: a lean greedy decoding loop for the BLIP text decoder (pipelines/blip_decoding.py: the model's own "
+    "Kept: a lean greedy decoding loop for the BLIP text decoder (pipelines/tasks/blip_decoding.py: the model's own "
     "modules, one preallocated self-attention cache, the image's cross-attention keys and values once, fused "
     "attention, the language-model head on the last position only), the same tokens as generate: 20 tokens "
     "(with the cross keys/values) 715-752 ms against 1009-1072 ms through generate on the same int8 model; "
@@ -721,6 +721,6 @@ TRIED = [
 
 def configure_threads(threads: int) -> None:
     """Torch threads for this process as the demo sets them (one per available CPU unless told)."""
-    from pipelines.precision import configure_threads as configure
+    from pipelines.models.precision import configure_threads as configure
 
     configure(threads)

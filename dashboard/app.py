@@ -18,7 +18,8 @@ import duckdb  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from dashboard import charts, export, logfile, metrics, queries, stats  # noqa: E402
-from pipelines import access, eventlog, settings  # noqa: E402
+from pipelines import access, settings
+from pipelines.log import eventlog  # noqa: E402
 
 CONFIG = settings.from_env()  # the one place the dashboard reads the environment
 REFRESH = CONFIG.refresh_seconds if CONFIG.refresh_seconds > 0 else None

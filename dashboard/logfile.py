@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines import eventlog
+from pipelines.log import eventlog
 
 # The queries use only columns that schema version 1 already had, so any log from 1 up to the
 # current SCHEMA_VERSION reads; the dashboard never migrates (it opens the file read-only).

@@ -25,11 +25,11 @@ from starlette.middleware import Middleware  # noqa: E402
 from demo.gate import Gate  # noqa: E402
 
 from pipelines import access, settings  # noqa: E402
-from pipelines.eventlog import FeedbackRejected, LogError  # noqa: E402
+from pipelines.log.eventlog import FeedbackRejected, LogError  # noqa: E402
 from pipelines.intake import ImageRejected, Limits, data_url_bytes, save_upload  # noqa: E402
 from pipelines.models import ModelLoadError  # noqa: E402
 from pipelines.studio import RequestRejected, Studio  # noqa: E402
-from pipelines import export  # noqa: E402
+from pipelines.log import export  # noqa: E402
 from pipelines.uploads import UploadBudget, UploadRefs  # noqa: E402
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.jpg"))
@@ -392,7 +392,7 @@ def launch(demo: gr.Blocks, config: settings.Settings, **overrides: Any):
 def _configure_torch(config: settings.Settings) -> None:
     # one intra-op thread per CPU this process may use (affinity and container quota), not per host CPU: more
     # threads than CPUs make every parallel region wait for a descheduled thread
-    from pipelines.precision import configure_threads
+    from pipelines.models.precision import configure_threads
     configure_threads(config.threads)
 
 

@@ -8,11 +8,11 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Callable, Hashable, Iterable, Iterator
 
-from pipelines.caption import Captioner
-from pipelines.classify import Classifier
-from pipelines.eventlog import new_id, utcnow
+from pipelines.tasks.caption import Captioner
+from pipelines.tasks.classify import Classifier
+from pipelines.log.eventlog import new_id, utcnow
 from pipelines.intake import Limits, load_image
-from pipelines.privacy import ImageStore
+from pipelines.log.privacy import ImageStore
 
 
 class LRUCache:

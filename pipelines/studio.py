@@ -9,11 +9,11 @@ from typing import Any, Callable, Iterator
 
 from pipelines import access
 from pipelines.access import Access
-from pipelines.caption import Captioner
-from pipelines.classify import Classifier
-from pipelines.eventlog import EventLog, utcnow
+from pipelines.tasks.caption import Captioner
+from pipelines.tasks.classify import Classifier
+from pipelines.log.eventlog import EventLog, utcnow
 from pipelines.intake import Limits
-from pipelines.privacy import Deleted, ImageStore
+from pipelines.log.privacy import Deleted, ImageStore
 from pipelines.recognizer import Recognizer, prediction_row
 from pipelines.settings import Settings
 

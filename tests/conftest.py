@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_classifier_dir(tmp_path_factory) -> Path:
     """A saved tiny random ViT classifier folder, loadable with Classifier(path)."""
-    from pipelines.standins import make_tiny_classifier
+    from devtools.standins import make_tiny_classifier
 
     return make_tiny_classifier(tmp_path_factory.mktemp("models") / "tiny-vit")
 
@@ -19,7 +19,7 @@ def tiny_classifier_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_captioner_dir(tmp_path_factory) -> Path:
     """A saved tiny random BLIP captioner folder, loadable with Captioner(path)."""
-    from pipelines.standins import make_tiny_captioner
+    from devtools.standins import make_tiny_captioner
 
     return make_tiny_captioner(tmp_path_factory.mktemp("models") / "tiny-blip")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
-from pipelines.eventlog import EventLog
+from pipelines.log.eventlog import EventLog
 
 
 def sample_row(i: int) -> dict:

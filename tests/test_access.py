@@ -10,9 +10,10 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from pipelines import access, eventlog, settings
+from pipelines import access, settings
+from pipelines.log import eventlog
 from pipelines.access import LoginThrottle, RateLimiter, client_identity, rate_key
-from tests.demo_server import EXAMPLES, demo_process, free_port, launched, test_settings, wait_for_http
+from devtools.demo_server import EXAMPLES, demo_process, free_port, launched, test_settings, wait_for_http
 
 PHOTO = EXAMPLES / "cat.jpg"
 REFUSED = "open only from this machine"
@@ -403,7 +404,7 @@ def _hub_env(cache: Path, endpoint: str) -> dict:
 
 LOAD_PROBE = """
 import time
-from pipelines.classify import Classifier
+from pipelines.tasks.classify import Classifier
 from pipelines.models import ModelLoadError
 for model in ("imagerec-test/not-cached", "imagerec-test/tiny-vit"):  # the first one pays for the hub probe
     start = time.monotonic()

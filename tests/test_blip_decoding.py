@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageClassification
 
-from pipelines import blip_decoding, precision as prec
-from pipelines.caption import Captioner
+from pipelines.tasks import blip_decoding
+from pipelines.models import precision as prec
+from pipelines.tasks.caption import Captioner
 
 pytestmark = pytest.mark.usefixtures("hf_offline")
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
-from pipelines import eventlog
-from tests.demo_server import EXAMPLES, ROOT, free_port, wait_for_http
+from pipelines.log import eventlog
+from devtools.demo_server import EXAMPLES, ROOT, free_port, wait_for_http
 
 PHOTOS = sorted(EXAMPLES.glob("*.jpg"))
 KILLS = int(os.environ.get("IMAGEREC_KILLS", "20"))
@@ -90,7 +90,7 @@ def test_sigkill_during_a_write_burst_20_times(tiny_classifier_dir, tiny_caption
             if process.poll() is None:
                 process.kill()
     # The next start replays whatever the killed processes left in the journal.
-    from pipelines.eventlog import EventLog
+    from pipelines.log.eventlog import EventLog
     with EventLog(db):
         pass
     found = set(eventlog.query(db, "SELECT id FROM predictions").id)
@@ -111,8 +111,8 @@ def _percentiles(values: list[float]) -> str:
 @pytest.mark.browser
 def test_16_clients_for_60s_while_the_dashboard_refreshes_every_second(browser, tiny_classifier_dir,
                                                                        tiny_captioner_dir, tmp_path):
-    from pipelines import seed
-    from tests.demo_server import streamlit_server  # the dashboard as people start it
+    from pipelines.log import seed
+    from devtools.demo_server import streamlit_server  # the dashboard as people start it
 
     db = tmp_path / "log.duckdb"
     seed.seed(str(db), 2000)

@@ -9,7 +9,8 @@ import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pipelines import eventlog, seed
+from pipelines.log import eventlog
+from pipelines.log import seed
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 END = datetime(2025, 6, 1)

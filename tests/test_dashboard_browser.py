@@ -8,9 +8,10 @@ from datetime import datetime, timedelta
 import pandas as pd
 import pytest
 
-from pipelines import eventlog, seed
+from pipelines.log import eventlog
+from pipelines.log import seed
 from tests.browser import screenshot_path
-from tests.demo_server import streamlit_server
+from devtools.demo_server import streamlit_server
 
 pytestmark = pytest.mark.browser
 

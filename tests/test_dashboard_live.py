@@ -12,7 +12,8 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from dashboard import logfile, queries
-from pipelines import eventlog, seed
+from pipelines.log import eventlog
+from pipelines.log import seed
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
@@ -24,7 +25,7 @@ WRITES = 80  # at 20 a second: about 4 s of writing
 # every event and the module's warnings are caught too) and how long its flushes took.
 WRITER = r"""
 import json, logging, sys, time
-from pipelines import eventlog
+from pipelines.log import eventlog
 
 path, count, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 errors, flushes = [], []
@@ -33,7 +34,7 @@ class Catch(logging.Handler):
     def emit(self, record):
         errors.append(record.getMessage())
 
-logging.getLogger("pipelines.eventlog").addHandler(Catch(logging.WARNING))
+logging.getLogger("pipelines.log.eventlog").addHandler(Catch(logging.WARNING))
 log = eventlog.EventLog(path).open()
 flush = log.flush
 def timed_flush():

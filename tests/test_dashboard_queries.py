@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dashboard import export, logfile, metrics, queries, stats
-from pipelines import eventlog, seed
+from pipelines.log import eventlog
+from pipelines.log import seed
 
 END = datetime(2025, 6, 1)
 T0 = datetime(2025, 5, 30, 12)

@@ -12,8 +12,8 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from pipelines import eventlog
-from tests.demo_server import EXAMPLES, PHOTOS, ROOT, demo_process, free_port, launched, test_settings, wait_for_http
+from pipelines.log import eventlog
+from devtools.demo_server import EXAMPLES, PHOTOS, ROOT, demo_process, free_port, launched, test_settings, wait_for_http
 
 PHOTO = EXAMPLES / "cat.jpg"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from pipelines import eventlog
+from pipelines.log import eventlog
 from tests.browser import recognize_upload, screenshot_path
-from tests.demo_server import PHOTOS, ROOT, launched, test_settings
+from devtools.demo_server import PHOTOS, ROOT, launched, test_settings
 
 REAL_CLASSIFIER = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224"
 

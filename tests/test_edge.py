@@ -18,10 +18,10 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from playwright.sync_api import expect
 
-from pipelines.export import ExportShelf
+from pipelines.log.export import ExportShelf
 from pipelines.uploads import UploadBudget, UploadRefs
 from tests.browser import recognize_upload
-from tests.demo_server import EXAMPLES, demo_process, free_port, launched, test_settings, wait_for_http
+from devtools.demo_server import EXAMPLES, demo_process, free_port, launched, test_settings, wait_for_http
 
 PHOTO = EXAMPLES / "cat.jpg"
 MB = 1_000_000
@@ -322,7 +322,7 @@ def test_exports_go_once_downloaded_or_when_rows_are_deleted(tiny_classifier_dir
 
 
 def test_an_export_not_fetched_goes_after_its_ttl(tmp_path):
-    from pipelines.eventlog import EventLog
+    from pipelines.log.eventlog import EventLog
     from tests.logwriter import sample_row
 
     db = tmp_path / "log.duckdb"
@@ -340,7 +340,7 @@ def test_an_export_not_fetched_goes_after_its_ttl(tmp_path):
 
 
 def _demo_rows(demo, db) -> int:
-    from pipelines import eventlog
+    from pipelines.log import eventlog
     demo.studio.log.flush()
     return len(eventlog.query(db, "SELECT id FROM predictions WHERE source = 'demo'"))
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines import eventlog
-from pipelines.eventlog import EventLog, FeedbackRejected, LogError
+from pipelines.log import eventlog
+from pipelines.log.eventlog import EventLog, FeedbackRejected, LogError
 from tests.logwriter import sample_row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def _damaged_files(tmp_path, good_log):
 
 @pytest.fixture
 def good_log(tmp_path):
-    from pipelines import seed
+    from pipelines.log import seed
     db = tmp_path / "good" / "log.duckdb"
     seed.seed(str(db), 2000, end=datetime(2026, 1, 1))
     return db
@@ -239,7 +239,7 @@ def test_writer_and_reader_processes_at_once(tmp_path):
 
 READER = r"""
 import sys, time
-from pipelines import eventlog
+from pipelines.log import eventlog
 db, seconds = sys.argv[1], float(sys.argv[2])
 reads = errors = 0
 max_lag = 0.0

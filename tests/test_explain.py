@@ -123,7 +123,7 @@ def verdict(pairs: list[tuple[float, float]], prior: list[float]) -> dict:
 def mobilenet_explain():
     if not (MOBILENET / "model.safetensors").is_file():
         pytest.skip(f"the real MobileNetV2 is not at {MOBILENET}")
-    from pipelines.classify import Classifier
+    from pipelines.tasks.classify import Classifier
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a busy 2-core machine one thread is several times faster than two
@@ -148,7 +148,7 @@ def test_heatmap_is_faithful_and_noise_and_blob_are_not(mobilenet_explain):
 
 
 def test_label_is_the_classifiers_top_label(mobilenet_explain):
-    from pipelines.classify import Classifier
+    from pipelines.tasks.classify import Classifier
 
     classifier = Classifier(MOBILENET, device="cpu", precision="fp32")
     for image in photos()[:5]:
@@ -180,8 +180,8 @@ def test_outside_the_crop_is_zero(mobilenet_explain):
 def test_int8_classifier_is_explained_on_float_weights():
     if not (MOBILENET / "model.safetensors").is_file():
         pytest.skip(f"the real MobileNetV2 is not at {MOBILENET}")
-    from pipelines import precision as prec
-    from pipelines.classify import Classifier
+    from pipelines.models import precision as prec
+    from pipelines.tasks.classify import Classifier
 
     if not prec.int8_available():
         pytest.skip("this torch build has no int8 kernels")
@@ -195,7 +195,7 @@ def test_int8_classifier_is_explained_on_float_weights():
 
 @pytest.mark.parametrize("size", [(200, 100), (100, 200), (64, 64)])
 def test_payload_contract_on_tiny_vit(tiny_classifier_dir, size):
-    from pipelines.classify import Classifier
+    from pipelines.tasks.classify import Classifier
 
     classifier = Classifier(tiny_classifier_dir, device="cpu", precision="fp32")
     explain = Explain.from_classifier(classifier)
@@ -216,7 +216,7 @@ def test_payload_contract_on_tiny_vit(tiny_classifier_dir, size):
 
 
 def test_explains_inside_a_callers_inference_mode(tiny_classifier_dir):
-    from pipelines.classify import Classifier
+    from pipelines.tasks.classify import Classifier
 
     explain = Explain.from_classifier(Classifier(tiny_classifier_dir, device="cpu", precision="fp32"))
     image = Image.new("RGB", (48, 40), (200, 30, 30))
@@ -232,7 +232,7 @@ def test_class_attributes_for_a_registry():
 
 
 def test_explains_the_label_it_is_given(tiny_classifier_dir):
-    from pipelines.classify import Classifier
+    from pipelines.tasks.classify import Classifier
 
     classifier = Classifier(tiny_classifier_dir, device="cpu", precision="fp32")
     explain = Explain.from_classifier(classifier)

@@ -16,11 +16,12 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image, ImageFile, TiffImagePlugin
 
-from pipelines import eventlog, intake
+from pipelines import intake
+from pipelines.log import eventlog
 from pipelines.intake import ImageRejected, Limits, decoded_cost, load_image
 from tests import hostile_images as h
 from tests import procmem
-from tests.demo_server import EXAMPLES, demo_process, free_port, launched, test_settings, wait_for_http
+from devtools.demo_server import EXAMPLES, demo_process, free_port, launched, test_settings, wait_for_http
 
 CAT = EXAMPLES / "cat.jpg"
 # What one request may add to the server's resident peak beyond intake's own header-computed figure

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import eventlog
-from pipelines.eventlog import EventLog, FeedbackRejected, LogError
-from tests.demo_server import demo_process, free_port, wait_for_http, PHOTOS
+from pipelines.log import eventlog
+from pipelines.log.eventlog import EventLog, FeedbackRejected, LogError
+from devtools.demo_server import demo_process, free_port, wait_for_http, PHOTOS
 from tests.logwriter import sample_row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +31,8 @@ KILLS = 20  # half SIGKILL, half SIGTERM; the demo test adds one of each
 # "F feedback-id prediction-id durable", "d id..." / "s session" before a deletion, "D id..." after it.
 BURST = r"""
 import random, sys, threading, time
-from pipelines import eventlog
-from pipelines.eventlog import EventLog, FeedbackRejected
+from pipelines.log import eventlog
+from pipelines.log.eventlog import EventLog, FeedbackRejected
 from tests.logwriter import sample_row
 db, round_, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 eventlog.COMPACT_BYTES = 4096  # compact often, so that kills land in compactions too
@@ -216,7 +216,7 @@ def test_a_journal_that_never_drains_is_compacted(tmp_path, monkeypatch):
 # A writer that logs one prediction every few ms and says whether each was durable, and its health.
 STEADY = r"""
 import json, sys, time
-from pipelines.eventlog import EventLog
+from pipelines.log.eventlog import EventLog
 from tests.logwriter import sample_row
 log = EventLog(sys.argv[1], flush_interval=float(sys.argv[2])).open()
 print("open", flush=True)
@@ -436,7 +436,7 @@ def test_a_deletion_that_cannot_be_journalled_is_refused_with_a_sentence(tiny_cl
     if shutil.which("chattr") is None or os.geteuid() != 0:
         pytest.skip("chattr +i needs the chattr tool and root")
     from gradio_client import Client, handle_file
-    from tests.demo_server import launched, test_settings
+    from devtools.demo_server import launched, test_settings
 
     db = tmp_path / "log.duckdb"
     journal = db.with_name(db.name + ".journal")

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageClassification, BlipForConditionalGeneration
 
-from pipelines import models, registry
-from pipelines.caption import Captioner
-from pipelines.classify import Classifier, readable_labels
+from pipelines import models
+from pipelines.models import defaults as registry
+from pipelines.tasks.caption import Captioner
+from pipelines.tasks.classify import Classifier, readable_labels
 from pipelines.models import ModelLoadError, classify_failure, resolve_device
 
 pytestmark = pytest.mark.usefixtures("hf_offline", "no_network")
@@ -375,7 +376,7 @@ def test_cuda_without_cuda_is_a_clear_error(monkeypatch, tiny_classifier_dir, im
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("IMAGEREC_SLOW") != "1", reason="large models; set IMAGEREC_SLOW=1")
 def test_standins_build_and_run(tmp_path, image):
-    from pipelines.standins import make_standin_captioner, make_standin_classifier
+    from devtools.standins import make_standin_captioner, make_standin_classifier
 
     clf = Classifier(make_standin_classifier(tmp_path / "vit"), device="cpu")
     assert len(clf.labels) == 1000 and len(set(clf.labels)) == 1000

@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageClassification, BlipForConditionalGeneration
 
-from pipelines import models, precision as prec
-from pipelines.caption import Captioner
-from pipelines.classify import Classifier
+from pipelines import models
+from pipelines.models import precision as prec
+from pipelines.tasks.caption import Captioner
+from pipelines.tasks.classify import Classifier
 from pipelines.models import ModelLoadError
 
 pytestmark = pytest.mark.usefixtures("hf_offline")

@@ -13,10 +13,11 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from pipelines import eventlog, precision as prec
-from pipelines.classify import Classifier
+from pipelines.log import eventlog
+from pipelines.models import precision as prec
+from pipelines.tasks.classify import Classifier
 from pipelines.intake import load_image
-from tests.demo_server import PHOTOS, ROOT, demo_process, free_port, wait_for_http
+from devtools.demo_server import PHOTOS, ROOT, demo_process, free_port, wait_for_http
 
 MODEL = ROOT.parent / "shared" / "models" / "mobilenet_v2_1.0_224"
 CPU = torch.device("cpu")

@@ -19,9 +19,10 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from pipelines import eventlog, privacy
-from pipelines.eventlog import EventLog
-from tests.demo_server import EXAMPLES, ROOT, demo_process, free_port, launched, test_settings, wait_for_http
+from pipelines.log import eventlog
+from pipelines.log import privacy
+from pipelines.log.eventlog import EventLog
+from devtools.demo_server import EXAMPLES, ROOT, demo_process, free_port, launched, test_settings, wait_for_http
 from tests.logwriter import sample_row
 
 PHOTO = EXAMPLES / "cat.jpg"
@@ -287,7 +288,7 @@ def test_png_bytes_helper_makes_valid_images():
 
 @pytest.mark.browser
 def test_hostile_text_is_shown_escaped_in_the_dashboard(browser, tmp_path):
-    from tests.demo_server import streamlit_server
+    from devtools.demo_server import streamlit_server
 
     db = tmp_path / "log.duckdb"
     with EventLog(db) as log:
@@ -320,7 +321,7 @@ def test_an_unreachable_hub_falls_back_to_cached_models(tiny_classifier_dir, tmp
     shutil.copytree(tiny_classifier_dir, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    probe = ("from pipelines.classify import Classifier\n"
+    probe = ("from pipelines.tasks.classify import Classifier\n"
              "model = Classifier('imagerec-test/tiny-vit').load()\n"
              "print(model.revision, len(model.labels))\n")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": "http://127.0.0.1:9",
@@ -330,7 +331,7 @@ def test_an_unreachable_hub_falls_back_to_cached_models(tiny_classifier_dir, tmp
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [commit, "10"], out.stdout
 
-    missing = ("from pipelines.classify import Classifier\nfrom pipelines.models import ModelLoadError\n"
+    missing = ("from pipelines.tasks.classify import Classifier\nfrom pipelines.models import ModelLoadError\n"
                "try:\n    Classifier('imagerec-test/not-cached').load()\n"
                "except ModelLoadError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", missing], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from ..classify import readable_labels
+from pipelines.tasks.classify import readable_labels
 
 GRID_SIZE = 32  # cells on the photo's long side: a log row stays a few KB, and a 7x7 or 14x14 CAM loses nothing
 _CANVAS = 8  # canvas pixels a grid cell is averaged from, so the crop's edge falls between cells, not on them
@@ -178,9 +178,9 @@ class Explain:
 
     @classmethod
     def from_classifier(cls, classifier, grid_size: int = GRID_SIZE) -> Explain:
-        """An Explain over a loaded pipelines.classify.Classifier's model, as a float32 copy of its weights."""
-        from .. import precision as prec
-        from ..classify import Classifier
+        """An Explain over a loaded pipelines.tasks.classify.Classifier's model, as a float32 copy of its weights."""
+        from pipelines.models import precision as prec
+        from pipelines.tasks.classify import Classifier
 
         classifier.load()
         if classifier.precision == prec.FP32:

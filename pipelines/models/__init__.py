@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import precision as prec
-from . import registry
+from . import defaults
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,11 @@ def local_revision(folder: str | os.PathLike) -> str:
     return f"local-{digest.hexdigest()[:16]}"
 
 
+def version_of(model_id: str, revision: str | None) -> str:
+    """A model version as the log records it: the id and its revision ("id@revision"), or the id alone."""
+    return f"{model_id}@{revision}" if revision else model_id
+
+
 class LazyModel:
     """A model loaded on first use, exactly once, from a hub id or a local folder; remembers a failed load."""
 
@@ -196,6 +201,11 @@ class LazyModel:
     def revision(self) -> str | None:
         """The loaded revision: the hub's commit hash, the asked revision, or local_revision(folder); None before."""
         return self._revision
+
+    @property
+    def version(self) -> str | None:
+        """The loaded version (version_of its id and revision); None before loading."""
+        return version_of(self._model_id, self._revision) if self._loaded else None
 
     @property
     def device(self) -> torch.device | None:
@@ -310,7 +320,7 @@ class LazyModel:
         """The asked (or pinned) revision resolved to a commit once, so every file comes from one commit."""
         from huggingface_hub import HfApi, constants
 
-        asked = registry.revision_for(self._model_id, self._asked_revision)
+        asked = defaults.revision_for(self._model_id, self._asked_revision)
         try:
             return HfApi().resolve_revision(self._model_id, revision=asked,
                                             local_files_only=bool(down) or constants.is_offline_mode())
@@ -326,7 +336,7 @@ class LazyModel:
     def _explain(self, exc: BaseException, revision: str | None = None) -> ModelLoadError:
         """A ModelLoadError for exc, worded by the kind of failure."""
         kind = classify_failure(exc)
-        revision = revision or registry.revision_for(self._model_id, self._asked_revision)
+        revision = revision or defaults.revision_for(self._model_id, self._asked_revision)
         if kind == OFFLINE:
             return self._failure(
                 "the Hugging Face hub cannot be reached and the model is not in the local cache. "

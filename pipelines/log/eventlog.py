@@ -73,7 +73,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         )""",
     )),
     (2, "stored image file and model precision", (
-        "ALTER TABLE predictions ADD COLUMN image_file VARCHAR",  # opt-in stored copy, see pipelines.privacy
+        "ALTER TABLE predictions ADD COLUMN image_file VARCHAR",  # opt-in stored copy, see pipelines.log.privacy
         "ALTER TABLE predictions ADD COLUMN classifier_precision VARCHAR",
         "ALTER TABLE predictions ADD COLUMN captioner_precision VARCHAR",
     )),

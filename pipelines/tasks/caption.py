@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from . import blip_decoding, precision as prec
-from .models import LazyModel
+from pipelines.models import LazyModel, precision as prec
+from pipelines.tasks import blip_decoding
 
 
 class Captioner(LazyModel):
@@ -100,7 +100,7 @@ class Captioner(LazyModel):
 # switch. Over its 577 tokens the written-out form costs about 2.5x torch's fused kernel on one CPU core (58 ms
 # against 23 ms a layer here), so the loaded model's image attention layers get a forward that computes the same
 # thing with F.scaled_dot_product_attention. Only layers that look exactly like the one this was written against are
-# switched; anything else keeps its own forward. (The text decoder runs in pipelines.blip_decoding's loop, which
+# switched; anything else keeps its own forward. (The text decoder runs in pipelines.tasks.blip_decoding's loop, which
 # calls its modules directly and uses the fused kernel too.)
 
 

@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from . import precision as prec
-from .models import LazyModel
+from pipelines.models import LazyModel, precision as prec
 
 
 def _short_name(label: str) -> str:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from pipelines import eventlog
+from pipelines.log import eventlog
 
 # An export is for downloading now: one not fetched within this many seconds is removed.
 EXPORT_TTL_S = 600.0

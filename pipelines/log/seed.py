@@ -1,0 +1,190 @@
+"""Fill a log with deterministic, clearly marked synthetic predictions and feedback.
+
+    python -m pipelines.seed --db data/imagerec.duckdb --rows 100000
+
+Every seeded row has source 'synthetic' and an id starting with 'seed'. The same --seed and --end give
+the same rows, and seeding again with them adds nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines import settings
+from pipelines.log import eventlog
+from pipelines.models import defaults
+
+SOURCE = "synthetic"
+LABELS = (
+    "tabby", "Egyptian cat", "golden retriever", "Labrador retriever", "German shepherd", "Siamese cat",
+    "beagle", "pug", "tiger cat", "Persian cat", "espresso", "cup", "coffee mug", "teapot", "pizza",
+    "cheeseburger", "banana", "orange", "lemon", "strawberry", "sports car", "convertible", "minivan",
+    "pickup", "tow truck", "mountain bike", "airliner", "space shuttle", "container ship", "canoe",
+    "laptop", "desktop computer", "cellular telephone", "monitor", "keyboard", "mouse", "toucan",
+    "goldfinch", "jellyfish", "daisy",
+)
+# Pairs the synthetic "users" confuse, so the dashboard's confusion view has structure to show.
+CONFUSED = {0: 8, 8: 0, 1: 5, 2: 3, 3: 2, 11: 12, 12: 11, 20: 21, 21: 20, 22: 23, 32: 33, 33: 31}
+TEMPLATES = ("a photo of a {}", "a close up of a {}", "a {} on a table", "a picture of a {}")
+MODEL_VERSIONS = (  # (classifier revision, captioner revision, classify ms, caption ms)
+    ("synthetic-older", "synthetic-older", 120.0, 900.0),
+    (defaults.PINNED_REVISIONS[defaults.DEFAULT_CLASSIFIER],
+     defaults.PINNED_REVISIONS[defaults.DEFAULT_CAPTIONER], 70.0, 600.0),
+)
+TOP_K = 5
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _lists(values: np.ndarray, width: int, kind: pa.DataType) -> pa.ListArray:
+    offsets = pa.array(np.arange(0, values.size + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=kind))
+
+
+def _hex_digests(rng: np.random.Generator, rows: int) -> list[str]:
+    """Random stand-ins for image sha256 digests (64 hex characters each)."""
+    raw = rng.bytes(32 * rows).hex()
+    return [raw[i:i + 64] for i in range(0, 64 * rows, 64)]
+
+
+def synthetic_tables(rows: int, seed: int = 0, end: datetime | None = None,
+                     days: float = 30.0) -> tuple[pa.Table, pa.Table]:
+    """Build `rows` predictions and their feedback, deterministic for a given seed and end."""
+    rng = np.random.default_rng(seed)
+    end = _floor_hour(end or eventlog.utcnow())
+    n_labels = len(LABELS)
+    label_names = np.array(LABELS, dtype=object)
+
+    offsets_s = np.sort(rng.uniform(0, days * 86400, rows))
+    created = np.datetime64(end - timedelta(days=days), "us") + (offsets_s * 1e6).astype("timedelta64[us]")
+    version = (offsets_s > days * 86400 * 0.4).astype(np.int64)  # the newer model from 40% of the way in
+
+    popularity = 1.0 / np.arange(1, n_labels + 1) ** 0.9
+    top1 = rng.choice(n_labels, size=rows, p=popularity / popularity.sum())
+    others = (top1[:, None] + rng.integers(1, n_labels, size=(rows, TOP_K - 1))) % n_labels
+    label_idx = np.concatenate([top1[:, None], others], axis=1)
+    top1_score = rng.beta(5, 2, size=rows)
+    rest = rng.dirichlet(np.ones(TOP_K - 1), size=rows) * (1 - top1_score)[:, None] * 0.8
+    scores = np.concatenate([top1_score[:, None], -np.sort(-rest, axis=1)], axis=1)
+
+    base_classify = np.array([v[2] for v in MODEL_VERSIONS])[version]
+    base_caption = np.array([v[3] for v in MODEL_VERSIONS])[version]
+    cached = rng.random(rows) < 0.05
+    intake_ms = rng.lognormal(np.log(8), 0.4, rows)
+    classify_ms = np.where(cached, 0.0, rng.lognormal(np.log(base_classify), 0.25))
+    caption_ms = np.where(cached, 0.0, rng.lognormal(np.log(base_caption), 0.3))
+    total_ms = intake_ms + classify_ms + caption_ms + rng.uniform(0.2, 2.0, rows)
+
+    template = rng.integers(0, len(TEMPLATES), rows)
+    captions = np.array([TEMPLATES[t].format(LABELS[i]) for t, i in zip(template, top1)], dtype=object)
+    ids = np.array([f"seed{seed}-{i:08d}" for i in range(rows)], dtype=object)
+    sessions = np.array([f"seed{seed}-session-{s:06d}" for s in rng.integers(0, max(1, rows // 8), rows)],
+                        dtype=object)
+    width = rng.choice([640, 800, 1024, 1280, 1920, 3024, 4032], rows)
+    height = (width * rng.choice([0.5625, 0.75, 1.0, 1.333], rows)).astype(np.int32)
+
+    predictions = pa.table({
+        "id": pa.array(ids, pa.string()),
+        "created_at": pa.array(created),
+        "image_sha256": pa.array(_hex_digests(rng, rows), pa.string()),
+        "width": pa.array(width.astype(np.int32)),
+        "height": pa.array(height),
+        "classifier": pa.array(np.full(rows, defaults.DEFAULT_CLASSIFIER, dtype=object), pa.string()),
+        "classifier_revision": pa.array(np.array([v[0] for v in MODEL_VERSIONS], dtype=object)[version],
+                                        pa.string()),
+        "captioner": pa.array(np.full(rows, defaults.DEFAULT_CAPTIONER, dtype=object), pa.string()),
+        "captioner_revision": pa.array(np.array([v[1] for v in MODEL_VERSIONS], dtype=object)[version],
+                                       pa.string()),
+        "labels": _lists(label_names[label_idx], TOP_K, pa.string()),
+        "scores": _lists(scores, TOP_K, pa.float64()),
+        "top1_label": pa.array(label_names[top1], pa.string()),
+        "top1_score": pa.array(top1_score),
+        "caption": pa.array(captions, pa.string()),
+        "prompt": pa.nulls(rows, pa.string()),
+        "intake_ms": pa.array(intake_ms),
+        "classify_ms": pa.array(classify_ms),
+        "caption_ms": pa.array(caption_ms),
+        "total_ms": pa.array(total_ms),
+        "cached": pa.array(cached),
+        "source": pa.array(np.full(rows, SOURCE, dtype=object), pa.string()),
+        "session_id": pa.array(sessions, pa.string()),
+    })
+
+    # About a third of predictions get a verdict; the newer model is right more often, and
+    # confidence tracks correctness loosely (a little overconfident), as with real classifiers.
+    has_verdict = rng.random(rows) < 0.32
+    p_up = np.clip(top1_score * (0.85 + 0.1 * version), 0, 1)
+    up = rng.random(rows) < p_up
+    corrected = np.array([LABELS[CONFUSED.get(i, (i + 1) % n_labels)] for i in top1], dtype=object)
+    gives_label = (~up) & (rng.random(rows) < 0.7)
+    edits = rng.random(rows) < 0.1
+    edited = np.array([f"{c} in the sun" if k % 2 else c.replace("a ", "my ", 1)
+                       for k, c in enumerate(captions)], dtype=object)
+
+    v = np.flatnonzero(has_verdict)
+    e = np.flatnonzero(edits)
+    fb_pred = np.concatenate([v, e])
+    fb_delay = rng.uniform(2, 60, fb_pred.size)
+    feedback = pa.table({
+        "id": pa.array([f"seed{seed}-fb-{i:08d}" for i in range(fb_pred.size)], pa.string()),
+        "prediction_id": pa.array(ids[fb_pred], pa.string()),
+        "created_at": pa.array(created[fb_pred] + (fb_delay * 1e6).astype("timedelta64[us]")),
+        "verdict": pa.array(np.concatenate([np.where(up[v], "up", "down"), np.full(e.size, None)]).astype(object),
+                            pa.string()),
+        "corrected_label": pa.array(
+            np.concatenate([np.where(gives_label[v], corrected[v], None), np.full(e.size, None)]).astype(object),
+            pa.string()),
+        "edited_caption": pa.array(np.concatenate([np.full(v.size, None), edited[e]]).astype(object), pa.string()),
+    })
+    return predictions, feedback
+
+
+def seed(db: str, rows: int, seed: int = 0, end: datetime | None = None, days: float = 30.0) -> tuple[int, int]:
+    """Write the synthetic rows into the log at `db`; returns (predictions, feedback) added."""
+    predictions, feedback = synthetic_tables(rows, seed=seed, end=end, days=days)
+    with eventlog.writer(db) as con:
+        before = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("predictions", "feedback")]
+        con.execute("BEGIN")
+        for name, table in (("predictions", predictions), ("feedback", feedback)):
+            con.register("incoming", table)
+            columns = ", ".join(table.column_names)
+            con.execute(f"INSERT OR IGNORE INTO {name} ({columns}) SELECT {columns} FROM incoming")
+            con.unregister("incoming")
+        con.execute("COMMIT")
+        after = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("predictions", "feedback")]
+    return after[0] - before[0], after[1] - before[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.seed", description=__doc__.splitlines()[0])
+    settings.add_arguments(parser, names=("db",))
+    parser.add_argument("--rows", type=int, default=10_000, help="how many predictions to add (default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--days", type=float, default=30.0, help="span of time the rows cover (default 30)")
+    parser.add_argument("--end", type=datetime.fromisoformat, default=None,
+                        help="UTC end of that span, ISO format (default: this hour)")
+    args = parser.parse_args(argv)
+    config = settings.resolve(args)
+    if args.rows < 0:
+        parser.error("--rows must be 0 or more")
+    started = time.perf_counter()
+    try:
+        added = seed(config.db, args.rows, seed=args.seed, end=args.end, days=args.days)
+    except eventlog.LogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"added {added[0]} synthetic predictions and {added[1]} feedback rows to {config.db} "
+          f"in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
