@@ -1,4 +1,7 @@
-"""The imagerec demo: a photo in, what is in it and a caption out, with feedback that is logged."""
+"""The imagerec demo: a photo in, what is in it and a caption out, with feedback that is logged.
+
+Layout and wiring over the Studio (pipelines.studio), which owns access, intake, tasks, deletion and the log.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import atexit
 import os
 import signal
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +21,17 @@ if __package__ in (None, ""):  # run as `python demo/app.py`, as a Hugging Face 
 
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
-from gradio_client.utils import is_http_url_like  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from demo.gate import Gate  # noqa: E402
-
-from pipelines import access, settings  # noqa: E402
+from demo.photo import PhotoInput, in_upload_cache  # noqa: E402
+from pipelines import access, settings, tasks  # noqa: E402
+from pipelines.intake import ImageRejected  # noqa: E402
 from pipelines.log.eventlog import FeedbackRejected, LogError  # noqa: E402
-from pipelines.intake import ImageRejected, Limits, data_url_bytes, save_upload  # noqa: E402
 from pipelines.models import ModelLoadError  # noqa: E402
-from pipelines.studio import RequestRejected, Studio  # noqa: E402
-from pipelines.log import export  # noqa: E402
-from pipelines.uploads import UploadBudget, UploadRefs  # noqa: E402
+from pipelines.studio import Caller, RequestRejected, Studio, public  # noqa: E402
+from pipelines.tasks.explain import overlay  # noqa: E402
+from pipelines.uploads import UploadBudget  # noqa: E402
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.jpg"))
 HISTORY_COLUMNS = ["time (UTC)", "top label", "score", "caption", "feedback", "id"]
@@ -40,66 +41,18 @@ CSS = """
 #verdict-row button { font-size: 1.4rem; }
 footer { visibility: hidden; }
 """
-
-
-SEND_THE_IMAGE = "Send the image itself, as a file or a data URL, not a link to it."
-
-
-class PhotoInput(gr.Image):
-    """gr.Image that decodes and fetches nothing: it hands intake a file in the upload folder, and intake decides."""
-
-    is_template = True  # rendered by the frontend's Image component
-    # The byte limit a data: URL is held to before it is decoded; create_app sets the studio's. Not an __init__
-    # argument: Gradio sends the frontend the props named in __init__'s signature, so it must stay gr.Image's.
-    intake_limits = Limits()
-
-    def preprocess(self, payload: Any) -> str | None:
-        if payload is None:
-            return None
-        if payload.url and payload.url.startswith("data:"):  # gr.Image would decode it with every Pillow plugin
-            try:
-                data = data_url_bytes(payload.url, self.intake_limits)
-            except ImageRejected as exc:
-                raise _user_error(exc) from None
-            path = save_upload(data, get_upload_folder())
-            self.temp_files.add(path)  # swept by Gradio's cache cleaner like any upload
-            return path
-        if not isinstance(payload.path, str) or not payload.path:
-            raise gr.Error(SEND_THE_IMAGE, print_exception=False)
-        _refuse_link(payload.path)
-        if not _in_upload_cache(payload.path):  # a forged payload naming a file on the server
-            raise gr.Error("That file was not uploaded here; send the image itself.", print_exception=False)
-        return str(payload.path)
-
-    # Gradio moves a payload's file into its cache before preprocess runs, downloading it when its path is a URL:
-    # a photo is never fetched from anywhere, so a link is refused there, before any request goes out.
-    async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
-        _refuse_link(url_or_file_path)
-        return await super().async_move_resource_to_block_cache(url_or_file_path)
-
-    def move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
-        _refuse_link(url_or_file_path)
-        return super().move_resource_to_block_cache(url_or_file_path)
-
-
-def _refuse_link(path: str | Path | None) -> None:
-    """Refuse a payload whose file is a web address, before Gradio downloads it."""
-    if is_http_url_like(path):
-        raise gr.Error(SEND_THE_IMAGE, print_exception=False)
-
-
-USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError)
+USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError, FeedbackRejected, LogError, access.AccessDenied)
 NOT_LOGGED = ("⚠️ This was not saved to disk yet: the log's disk cannot be written, so it is held in memory "
               "and would be lost if the server stopped now.")
+ADD_A_PHOTO = "Add a photo first: upload one, drop it here, paste it or take one with the webcam."
 
 
-def _status_markdown(studio: Studio) -> str:
-    lines = []
-    if studio.log.set_aside:
-        lines.append(f"⚠️ {studio.log.set_aside}")
-    for problem in (studio.log.append_error, studio.log.taken_over):
-        if problem:
-            lines.append(f"⚠️ {problem}")
+# -- what the page shows ----------------------------------------------------------------------------------------
+
+def status_markdown(studio: Studio) -> str:
+    """The log's problems and each model's state, one line each."""
+    lines = [f"⚠️ {problem}" for problem in (studio.log.set_aside, studio.log.append_error, studio.log.taken_over)
+             if problem]
     for role, state in studio.model_status().items():
         if state["error"]:
             lines.append(f"⚠️ **The {role} is not available.** {state['error']}")
@@ -110,85 +63,88 @@ def _status_markdown(studio: Studio) -> str:
     return "  \n".join(lines)
 
 
-def _history_rows(history: list[dict]) -> list[list]:
+def history_rows(history: list[dict]) -> list[list]:
     return [[h["time"], h["label"], h["score"], h["caption"], h["feedback"], h["id"]] for h in history]
 
 
-def _user_error(exc: Exception) -> gr.Error:
-    return gr.Error(str(exc), print_exception=False)
+def history_entry(result: dict) -> dict:
+    top = (result["labels"] or [{"label": None, "score": 0.0}])[0]
+    return {"time": result["created_at"][11:19], "label": top["label"], "score": round(top["score"], 3),
+            "caption": result["caption"], "feedback": "", "id": result["id"]}
 
 
-def _caller(request: gr.Request | None) -> tuple[Any, str | None]:
-    """The request's headers and the address of the connection it came on."""
-    if request is None:
-        return None, None
-    return request.headers, request.client.host if request.client else None
+def explanation(result: dict) -> Any:
+    """The photo with the heatmap of the top label over it, or a hidden image when none was asked."""
+    payload = result["outputs"].get("explain")
+    if not payload:
+        return gr.Image(value=None, visible=False)
+    return gr.Image(value=overlay(result["photo"], payload["heatmap"]), visible=True,
+                    label=f"Why “{payload['label']}”: the brighter, the more it drove the label")
 
 
-def client_address(request: gr.Request | None, policy: access.Access | None = None) -> str | None:
-    """The caller's address as the access policy resolves it (forwarded headers only from trusted proxies)."""
+def caller(request: gr.Request | None) -> Caller | None:
+    """Who sent a request: its headers and the address of the connection it came on."""
     if request is None:
         return None
-    return (policy or access.Access()).client(*_caller(request))
+    return Caller(request.headers, request.client.host if request.client else None)
 
 
-def _in_upload_cache(path: str) -> bool:
-    """Whether a path is one of Gradio's own cached uploads (anything else is never read or deleted)."""
-    return Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve())
+def user_error(exc: Exception) -> gr.Error:
+    return gr.Error(str(exc), print_exception=False)
 
 
 def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Blocks:
     """Build the Blocks app over a studio (made from the settings when none is given)."""
     studio = studio or Studio.from_settings(config)
     studio.warm_up()
-    refs = UploadRefs()  # who still needs each cached upload: identical bytes share one path
     # exports live in Gradio's cache folder, so the file served is this one and not a copy that outlives it
-    exports = export.ExportShelf(get_upload_folder())
-    studio.after_delete.append(exports.clear)  # a deleted row must not live on in an export
-    atexit.register(exports.close)
+    studio.serve_exports_from(get_upload_folder())
+
+    def disposable(path: str) -> bool:
+        """A visitor's uploaded copy, as opposed to an example photo Gradio keeps for everyone."""
+        return in_upload_cache(path) and path not in photo.keep_in_cache and path not in api_photo.keep_in_cache
 
     def status() -> tuple[str, gr.Timer]:
-        states = studio.model_status().values()
-        settled = all(s["loaded"] or s["error"] for s in states)
-        return _status_markdown(studio), gr.Timer(active=not settled)
+        settled = all(s["loaded"] or s["error"] for s in studio.model_status().values())
+        return status_markdown(studio), gr.Timer(active=not settled)
 
-    def analyze(photo: str | None, prompt: str, history: list[dict], request: gr.Request):
-        if not photo:
-            raise gr.Error("Add a photo first: upload one, drop it here, paste it or take one with the webcam.")
+    def analyze(image: str | None, prompt: str, explain: bool, history: list[dict], request: gr.Request):
+        if not image:
+            raise gr.Error(ADD_A_PHOTO)
+        asked = [*tasks.DEFAULT_TASKS, "explain"] if explain else None
         session = request.session_hash if request else None
-        if session and disposable(photo):  # the session holds its copy until "Delete my data" (or the sweep)
-            refs.acquire(photo, f"session:{session}")
         try:
-            for result in studio.predict_steps(photo, prompt=prompt, origin="demo", session_id=session,
-                                               client=client_address(request, studio.access)):
-                scores = {item["label"]: item["score"] for item in result["labels"]}
+            for result in studio.predict_steps(image, prompt=prompt, tasks=asked, origin="demo", session_id=session,
+                                               caller=caller(request), disposable=disposable(image)):
+                scores = {item["label"]: item["score"] for item in result["labels"] or []}
                 if result["caption"] is None:
-                    yield (scores, gr.Textbox(value="", placeholder="Writing a caption…"), result, history,
-                           gr.skip(), gr.Row(visible=False), gr.Group(visible=False), gr.skip(), "")
-                    continue
-                entry = {"time": result["created_at"][11:19], "label": result["labels"][0]["label"],
-                         "score": round(result["labels"][0]["score"], 3), "caption": result["caption"],
-                         "feedback": "", "id": result["id"]}
-                history = ([entry] + history)[:HISTORY_LENGTH]
-                known = [item["label"] for item in result["labels"]]
-                choices = known + [x for x in studio.recognizer.classifier.labels if x not in known]
-                yield (scores, gr.Textbox(value=result["caption"], placeholder=""), result, history,
-                       _history_rows(history), gr.Row(visible=True), gr.Group(visible=False),
-                       gr.Dropdown(choices=choices, value=None), "" if result["logged"] else NOT_LOGGED)
+                    yield (scores, gr.Textbox(value="", placeholder="Writing a caption…"), None, history, gr.skip(),
+                           gr.Row(visible=False), gr.Group(visible=False), gr.skip(), "", gr.Image(visible=False))
+                elif result["pending"]:  # the caption is there, the explanation still to come
+                    yield (gr.skip(), gr.Textbox(value=result["caption"], placeholder=""), None, history, gr.skip(),
+                           gr.skip(), gr.skip(), gr.skip(), "Explaining the top label…", gr.skip())
+                else:
+                    history = ([history_entry(result)] + history)[:HISTORY_LENGTH]
+                    known = [item["label"] for item in result["labels"]]
+                    choices = known + [x for x in studio.labels() if x not in known]
+                    yield (scores, gr.Textbox(value=result["caption"], placeholder=""), public(result), history,
+                           history_rows(history), gr.Row(visible=True), gr.Group(visible=False),
+                           gr.Dropdown(choices=choices, value=None), "" if result["logged"] else NOT_LOGGED,
+                           explanation(result))
         except USER_ERRORS as exc:
-            raise _user_error(exc) from None
+            raise user_error(exc) from None
 
     def record(current: dict | None, history: list[dict], note: str, **feedback: Any) -> tuple[list[dict], list, str]:
         if not current or not current.get("caption"):
             raise gr.Error("Recognize a photo first, then give feedback on it.")
         try:
             saved = studio.feedback(current["id"], **feedback)
-        except FeedbackRejected as exc:
-            raise _user_error(exc) from None
+        except USER_ERRORS as exc:
+            raise user_error(exc) from None
         for entry in history:
             if entry["id"] == current["id"]:
                 entry["feedback"] = note
-        return history, _history_rows(history), f"Thanks, saved: {note}." if saved["logged"] else NOT_LOGGED
+        return history, history_rows(history), f"Thanks, saved: {note}." if saved["logged"] else NOT_LOGGED
 
     def save_caption(current, caption, history):
         if not (caption or "").strip():
@@ -214,31 +170,24 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         return key, key
 
     def forget_session(key: str | None, issued: str | None, request: gr.Request):
-        session = request.session_hash if request else None
         try:
-            deleted = studio.delete_session(session, key, issued)
-        except (RequestRejected, LogError) as exc:  # LogError: the deletion could not be journalled, so none ran
-            raise _user_error(exc) from None
-        if session:  # copies no one else holds go now; one another visitor still needs goes after them
-            deleted.uploads += refs.release_all(f"session:{session}")
-        return None, [], [], None, None, "", gr.Row(visible=False), gr.Group(visible=False), deleted.sentence()
+            deleted = studio.delete_session(request.session_hash if request else None, key, issued)
+        except USER_ERRORS as exc:  # LogError: the deletion could not be journalled, so none ran
+            raise user_error(exc) from None
+        return (None, [], [], None, None, "", gr.Row(visible=False), gr.Group(visible=False), deleted.sentence(),
+                gr.Image(value=None, visible=False))
 
-    def api_predict(photo: str | None, prompt: str | None = None, request: gr.Request = None) -> dict:
-        if not photo:
+    # -- endpoints for programs (gradio_client) ------------------------------------------------------------------
+    def api_predict(image: str | None, prompt: str | None = None, asked: list[str] | None = None,
+                    request: gr.Request = None) -> dict:
+        if not image:
             raise gr.Error("Send an image file.")
-        holder = f"api:{uuid.uuid4().hex}"
-        if disposable(photo):
-            refs.acquire(photo, holder)
         try:
-            result = studio.predict(photo, prompt=prompt, origin="api",
-                                    client=client_address(request, studio.access))
+            result = studio.predict(image, prompt=prompt, tasks=asked or None, origin="api", caller=caller(request),
+                                    disposable=disposable(image))
         except USER_ERRORS as exc:
-            raise _user_error(exc) from None
-        finally:
-            if disposable(photo):  # an API caller has no session to delete later: its copy goes once unused
-                refs.release(photo, holder)
-        return {k: result[k] for k in ("id", "labels", "caption", "prompt", "timings_ms", "models", "image",
-                                       "cached", "logged")}
+            raise user_error(exc) from None
+        return public(result)
 
     def api_feedback(prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
                      edited_caption: str | None = None) -> dict:
@@ -246,53 +195,40 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         try:
             return studio.feedback(prediction_id, verdict=verdict or None, corrected_label=corrected_label or None,
                                    edited_caption=edited_caption or None)
-        except FeedbackRejected as exc:
-            raise _user_error(exc) from None
+        except USER_ERRORS as exc:
+            raise user_error(exc) from None
 
     def api_delete(prediction_id: str) -> dict:
         """Delete one prediction, its feedback and any kept image ("delete my data")."""
         try:
             deleted = studio.delete_data(prediction_id=prediction_id)
-        except (RequestRejected, LogError) as exc:
-            raise _user_error(exc) from None
+        except USER_ERRORS as exc:
+            raise user_error(exc) from None
         return {"deleted": deleted.__dict__, "message": deleted.sentence()}
-
-    def admin(request: gr.Request | None, token: str | None) -> None:
-        """Open to a direct connection from this machine while no admin password is set; else only with it."""
-        try:
-            studio.access.check_admin(*_caller(request), token)
-        except access.AccessDenied as exc:
-            raise _user_error(exc) from None
 
     def admin_reload(token: str | None = None, request: gr.Request = None) -> dict:
         """Try again to load the models that failed (the hub is back, a folder was fixed)."""
-        admin(request, token)
-        for model in (studio.recognizer.classifier, studio.recognizer.captioner):
-            try:
-                model.load(retry=True)
-            except ModelLoadError:
-                pass  # reported in the status below
-        return studio.model_status()
+        try:
+            return studio.admin_reload(caller(request), token)
+        except USER_ERRORS as exc:
+            raise user_error(exc) from None
 
     def admin_purge(older_than_days: float, token: str | None = None, request: gr.Request = None) -> dict:
         """Delete predictions, feedback and kept images older than a number of days."""
-        admin(request, token)
         try:
-            deleted = studio.purge_older_than(float(older_than_days))
-        except LogError as exc:
-            raise _user_error(exc) from None
+            deleted = studio.admin_purge(caller(request), token, older_than_days)
+        except USER_ERRORS as exc:
+            raise user_error(exc) from None
         return {"deleted": deleted.__dict__, "message": deleted.sentence()}
 
     def admin_export(token: str | None = None, request: gr.Request = None) -> str:
         """The whole log as a Parquet file (predictions with their latest feedback)."""
-        admin(request, token)
-        studio.log.flush()
-        return str(exports.write(studio.log.path))  # removed once downloaded, after a TTL, or on a deletion
+        try:
+            return studio.admin_export(caller(request), token)
+        except USER_ERRORS as exc:
+            raise user_error(exc) from None
 
-    def disposable(path: str) -> bool:
-        """A visitor's uploaded copy, as opposed to an example photo Gradio keeps for everyone."""
-        return _in_upload_cache(path) and path not in photo.keep_in_cache and path not in api_photo.keep_in_cache
-
+    # -- layout ----------------------------------------------------------------------------------------------------
     with gr.Blocks(title="imagerec", analytics_enabled=False, delete_cache=(300, 900)) as demo:
         gr.Markdown("# imagerec\nDrop a photo to see what is in it and a caption for it. "
                     "Fix the caption and tell us whether the answer was right: it helps the team see how well "
@@ -309,6 +245,9 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                 photo.intake_limits = studio.recognizer.limits
                 prompt = gr.Textbox(label="Caption prompt (optional)", placeholder="e.g. a photography of",
                                     elem_id="prompt")
+                # off by default: a heatmap costs a backward pass, about as much again as the labels on a small CPU
+                explain = gr.Checkbox(label="Explain the top label (a heatmap over the photo; slower)", value=False,
+                                      elem_id="explain")
                 run = gr.Button("Recognize", variant="primary", elem_id="recognize")
                 gr.Examples(EXAMPLES, inputs=photo, label="Try an example")
             with gr.Column(scale=1):
@@ -324,6 +263,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                                               filterable=True, elem_id="corrected-label")
                     correct = gr.Button("Save the right label", elem_id="save-correction")
                 message = gr.Markdown(elem_id="message")
+                heatmap = gr.Image(visible=False, interactive=False, elem_id="explanation", height=360)
         page_key = gr.Textbox(visible=False, elem_id="session-key")  # held by the page, sent back to delete
         table = gr.Dataframe(headers=HISTORY_COLUMNS, label="Your recent predictions", interactive=False,
                              elem_id="history", wrap=True)
@@ -331,13 +271,20 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             forget = gr.Button("Delete my data", variant="stop", size="sm", elem_id="delete-my-data", scale=0)
             gr.Markdown("Photos are not kept: the log holds a fingerprint (sha256) of each photo and the "
                         "answers. *Delete my data* removes this session's predictions, feedback and copies.")
+        api_photo = PhotoInput(type="filepath", image_mode=None, visible=False)
+        api_photo.intake_limits = studio.recognizer.limits
+        api_prompt = gr.Textbox(visible=False)
+        api_tasks = gr.Dropdown(choices=list(tasks.REGISTRY), value=[], multiselect=True, allow_custom_value=True,
+                                visible=False)  # an unknown name gets the studio's sentence, not a traceback
+        api_out = gr.JSON(visible=False)
 
+        # -- wiring: the page's events are private; the named endpoints below are the API ------------------------
         demo.load(status, outputs=[model_status, timer], api_visibility="private")
         demo.load(issue_key, inputs=issued_key, outputs=[page_key, issued_key], api_visibility="private")
         timer.tick(status, outputs=[model_status, timer], api_visibility="private")
-        analysis = dict(fn=analyze, inputs=[photo, prompt, history],
+        analysis = dict(fn=analyze, inputs=[photo, prompt, explain, history],
                         outputs=[labels, caption, current, history, table, verdict_row, correction, right_label,
-                                 message], api_visibility="private")
+                                 message, heatmap], api_visibility="private")
         run.click(**analysis)
         photo.upload(**analysis)
         feedback = dict(api_visibility="private", concurrency_limit=None)
@@ -346,14 +293,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         down.click(thumbs_down, [current, history], [history, table, message, correction], **feedback)
         correct.click(save_correction, [current, right_label, history], [history, table, message], **feedback)
         forget.click(forget_session, [page_key, issued_key], [photo, history, table, labels, current, caption,
-                                                              verdict_row, correction, message], **feedback)
-
-        # Endpoints for programs (gradio_client): the UI above stays private.
-        api_photo = PhotoInput(type="filepath", image_mode=None, visible=False)
-        api_photo.intake_limits = studio.recognizer.limits
-        api_prompt = gr.Textbox(visible=False)
-        api_out = gr.JSON(visible=False)
-        gr.Button(visible=False).click(api_predict, [api_photo, api_prompt], api_out, api_name="predict")
+                                                              verdict_row, correction, message, heatmap], **feedback)
+        gr.Button(visible=False).click(api_predict, [api_photo, api_prompt, api_tasks], api_out, api_name="predict")
         gr.api(api_feedback, api_name="feedback", concurrency_limit=None)
         gr.api(api_delete, api_name="delete_my_data", concurrency_limit=None)
         gr.api(admin_reload, api_name="admin_reload")
@@ -362,8 +303,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                                        api_name="admin_export", concurrency_limit=None)
 
     demo.studio = studio
-    demo.upload_refs = refs
-    demo.exports = exports
+    demo.upload_refs = studio.uploads
+    demo.exports = studio.exports
     return demo
 
 

@@ -1,18 +1,18 @@
-"""Both models on one image: one plain result with labels, caption, timings and provenance."""
+"""Intake once, then the asked tasks over the same decoded photo: one plain result, each task timed and cached."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
-from datetime import datetime
-from typing import Any, Callable, Hashable, Iterable, Iterator
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
-from pipelines.tasks.caption import Captioner
-from pipelines.tasks.classify import Classifier
-from pipelines.log.eventlog import new_id, utcnow
+from pipelines import tasks as registry
 from pipelines.intake import Limits, load_image
+from pipelines.log.eventlog import new_id, utcnow
 from pipelines.log.privacy import ImageStore
+from pipelines.models import LazyModel
+from pipelines.tasks import Request, Task
 
 
 class LRUCache:
@@ -53,109 +53,100 @@ def _ms(start: float) -> float:
 
 
 class Recognizer:
-    """Intake, classify, caption; the same image again is answered from the cache."""
+    """Intake, then the asked tasks in order; the same photo, task, model version and parameters come from the cache."""
 
-    def __init__(self, classifier: Classifier, captioner: Captioner, limits: Limits = Limits(),
-                 top_k: int = 5, cache_size: int = 256, store: ImageStore | None = None):
-        self.classifier = classifier
-        self.store = store  # keeps a metadata-free copy of each image, only when the operator opts in
-        self.captioner = captioner
+    def __init__(self, tasks: dict[str, Task], limits: Limits = Limits(), cache_size: int = 256,
+                 store: ImageStore | None = None):
+        self.tasks = tasks
         self.limits = limits
-        self.top_k = top_k
-        self._labels = LRUCache(cache_size)
-        self._captions = LRUCache(cache_size)
+        self.store = store  # keeps a metadata-free copy of each image, only when the operator opts in
+        self._cache = LRUCache(cache_size)
+
+    @property
+    def model_roles(self) -> dict[str, LazyModel]:
+        """Each model the tasks run on, by role (tasks share them: explain runs on the classifier)."""
+        return {task.role: task.model for task in self.tasks.values()}
+
+    @property
+    def classifier(self) -> LazyModel:
+        return self.model_roles["classifier"]
+
+    @property
+    def captioner(self) -> LazyModel:
+        return self.model_roles["captioner"]
 
     def models(self) -> dict:
-        """Ids and revisions of both models."""
-        return {
-            role: {"id": model.model_id, "revision": model.revision, "precision": getattr(model, "precision", None)}
-            for role, model in (("classifier", self.classifier), ("captioner", self.captioner))
-        }
+        """Id, revision, precision and version of each model, by role."""
+        return {role: {"id": model.model_id, "revision": model.revision, "precision": model.precision,
+                       "version": model.version}
+                for role, model in self.model_roles.items()}
 
-    def steps(self, source: Any, prompt: str | None = None, top_k: int | None = None) -> Iterator[dict]:
-        """Yield the result twice: first with labels (caption None), then complete."""
+    def steps(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
+              top_k: int | None = None) -> Iterator[dict]:
+        """Yield the result after each task: "pending" names the tasks still to run, none in the last one."""
         started = time.perf_counter()
-        prompt = (prompt or "").strip() or None
-        top_k = top_k or self.top_k
+        names = registry.resolve(tasks)  # before intake: a bad name costs no decoding
+        request = Request(prompt=(prompt or "").strip() or None, top_k=top_k)
 
         t = time.perf_counter()
         intake = load_image(source, self.limits)
-        timings = {"intake": _ms(t)}
-
-        labels, timings["classify"], labels_cached = self._cached(
-            self._labels, (intake.sha256, top_k), lambda: self.classifier(intake.image, top_k=top_k))
+        outputs: dict[str, dict] = {}
         result = {
             "id": new_id(),
             "created_at": utcnow().isoformat(),
-            "labels": labels,
+            "labels": None,
             "caption": None,
-            "prompt": prompt,
-            "timings_ms": timings,
-            "models": self.models(),
+            "prompt": request.prompt,
+            "timings_ms": {"intake": _ms(t)},
+            "models": {},
             "image": {"sha256": intake.sha256, "width": intake.width, "height": intake.height},
-            "cached": labels_cached,
+            "cached": True,
             "image_file": self.store.save(intake.image) if self.store else None,
+            "outputs": outputs,
+            "runs": {},
+            "photo": intake.image,  # for a face to draw on (an explanation over the photo); never logged or sent
         }
+        for i, name in enumerate(names):
+            task = self.tasks[name]
+            payload, run = self._run(task, intake.sha256, intake.image, request, outputs)
+            outputs[name] = payload
+            result["runs"][name] = run
+            result["timings_ms"][name] = run["ms"]
+            result["cached"] = result["cached"] and run["cached"]
+            result["labels"] = outputs["classify"]["labels"] if "classify" in outputs else None
+            result["caption"] = outputs["caption"]["caption"] if "caption" in outputs else None
+            result["models"] = self.models()
+            result["pending"] = list(names[i + 1:])
+            if result["pending"]:
+                yield {**result, "outputs": dict(outputs), "runs": dict(result["runs"]),
+                       "timings_ms": dict(result["timings_ms"])}
+        result["timings_ms"]["total"] = _ms(started)
         yield result
 
-        caption, timings["caption"], caption_cached = self._cached(
-            self._captions, (intake.sha256, prompt, self.captioner.max_new_tokens),
-            lambda: self.captioner(intake.image, prompt=prompt))
-        timings["total"] = _ms(started)
-        yield {**result, "caption": caption, "cached": labels_cached and caption_cached}
+    def _run(self, task: Task, sha256: str, image, request: Request, done: dict) -> tuple[dict, dict]:
+        """A task's payload (with its model version) and how it ran, from the cache when it has it."""
+        t = time.perf_counter()
+        task.model.load()  # its version is part of the key; a failed load raises with the reason
+        version = task.model.version
+        key = (sha256, task.name, version, task.params(request, done))
+        payload = self._cache.get(key)
+        cached = payload is not None
+        if not cached:
+            payload = {"model": version, **task(image, request, done)}
+            self._cache.put(key, payload)
+        run = {"model": version, "model_id": task.model.model_id, "revision": task.model.revision,
+               "precision": task.precision, "ms": _ms(t), "cached": cached}
+        return payload, run
 
     def forget(self, hashes: Iterable[str]) -> int:
         """Drop the cached answers for the images with these sha256 hashes; returns how many entries went."""
         hashes = set(hashes)
         if not hashes:
             return 0
-        return sum(cache.discard(lambda key: key[0] in hashes) for cache in (self._labels, self._captions))
+        return self._cache.discard(lambda key: key[0] in hashes)
 
-    def recognize(self, source: Any, prompt: str | None = None, top_k: int | None = None) -> dict:
+    def recognize(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
+                  top_k: int | None = None) -> dict:
         """The complete result for one image."""
-        *_, result = self.steps(source, prompt=prompt, top_k=top_k)
+        *_, result = self.steps(source, prompt=prompt, tasks=tasks, top_k=top_k)
         return result
-
-    @staticmethod
-    def _cached(cache: LRUCache, key: Hashable, compute: Callable[[], Any]) -> tuple[Any, float, bool]:
-        t = time.perf_counter()
-        value = cache.get(key)
-        if value is not None:
-            return value, _ms(t), True
-        value = compute()
-        cache.put(key, value)
-        return value, _ms(t), False
-
-
-def prediction_row(result: dict, source: str, session_id: str | None = None) -> dict:
-    """The log's `predictions` row for a recognizer result."""
-    labels = result["labels"]
-    timings = result["timings_ms"]
-    models = result["models"]
-    return {
-        "id": result["id"],
-        "created_at": datetime.fromisoformat(result["created_at"]),
-        "image_sha256": result["image"]["sha256"],
-        "width": result["image"]["width"],
-        "height": result["image"]["height"],
-        "classifier": models["classifier"]["id"],
-        "classifier_revision": models["classifier"]["revision"],
-        "captioner": models["captioner"]["id"],
-        "captioner_revision": models["captioner"]["revision"],
-        "labels": [item["label"] for item in labels],
-        "scores": [float(item["score"]) for item in labels],
-        "top1_label": labels[0]["label"] if labels else None,
-        "top1_score": float(labels[0]["score"]) if labels else None,
-        "caption": result["caption"],
-        "prompt": result["prompt"],
-        "intake_ms": timings.get("intake"),
-        "classify_ms": timings.get("classify"),
-        "caption_ms": timings.get("caption"),
-        "total_ms": timings.get("total"),
-        "cached": result["cached"],
-        "source": source,
-        "session_id": session_id,
-        "image_file": result.get("image_file"),
-        "classifier_precision": models["classifier"].get("precision"),
-        "captioner_precision": models["captioner"].get("precision"),
-    }

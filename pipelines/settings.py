@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -43,109 +44,78 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("classifier", "google/vit-base-patch16-224",
-            "Image-classification model: a Hugging Face id or a local folder.", cli=True),
-    Setting("classifier_revision", "",
-            "Hub revision of the classifier; empty means the pinned revision for a default model, else main."),
-    Setting("captioner", "Salesforce/blip-image-captioning-base",
-            "BLIP captioning model: a Hugging Face id or a local folder.", cli=True),
-    Setting("captioner_revision", "",
-            "Hub revision of the captioner; empty means the pinned revision for a default model, else main."),
-    Setting("device", "auto", "Where the models run: auto, cpu or cuda.", cli=True,
-            choices=("auto", "cpu", "cuda")),
-    Setting("precision", "auto", "Numeric precision of the models: fp32, bf16, int8, or auto for the fastest "
-            "that keeps the fidelity bounds on this machine.", choices=("auto", "fp32", "bf16", "int8")),
-    Setting("threads", 0, "Torch intra-op threads; 0 means one per CPU this process may use (affinity and container quota).", type=int),
-    Setting("caption_max_tokens", 30, "Most new tokens a caption may have.", type=int),
-    Setting("top_k", 5, "How many labels the classifier returns.", type=int),
-    Setting("db", str(DEFAULT_DB), "Path of the DuckDB log file.", cli=True),
-    Setting("max_upload_mb", 20.0, "Largest upload accepted, in megabytes.", type=float),
-    Setting("max_body_kb", 1000.0, "Largest request body other than an upload, in kilobytes (JSON calls, data: "
-            "URLs included); larger ones are refused with 413 before they are read; 0 turns the cap off.", type=float),
-    Setting("upload_budget_mb", 60.0, "Megabytes one client may upload a minute; past it uploads are refused "
-            "with 429 and Retry-After; 0 turns the budget off.", type=float),
-    Setting("max_pixels", 40_000_000, "Largest image accepted, in pixels (checked before decoding).", type=int),
-    Setting("max_decoded_mb", 512.0, "Most memory one image may take while it is decoded, in megabytes, "
-            "computed from its header before decoding (bits per sample, bands, decoder buffers, working copies).",
-            type=float),
-    Setting("min_side", 16, "Smallest width or height accepted, in pixels.", type=int),
-    Setting("cache_size", 256, "How many recent images' model outputs are kept in memory.", type=int),
-    Setting("host", "127.0.0.1", "Address the demo listens on (0.0.0.0 on a Hugging Face Space).", cli=True),
-    Setting("port", 7860, "Port the demo listens on.", type=int, cli=True),
-    Setting("concurrency", 1, "Predictions run at once; more only oversubscribes a small CPU.", type=int),
-    Setting("queue_size", 32, "Requests that may wait in the queue before new ones are refused as busy.", type=int),
-    Setting("flush_interval", 0.25, "Seconds between moves of logged events from the journal into DuckDB.",
-            type=float),
-    Setting("keep_images", False, "Keep uploaded images (EXIF and GPS stripped, generated names) in images_dir, "
-            "to retrain from feedback later; off by default.", type=_bool),
-    Setting("images_dir", str(DEFAULT_IMAGES), "Private folder for kept images."),
-    Setting("retention_days", 0.0, "Delete predictions, their feedback and kept images older than this many "
-            "days; 0 keeps them.", type=float),
-    Setting("rate_limit", 30, "Predictions one client may ask for per minute; 0 turns the limit off.", type=int),
-    Setting("forwarded_hops", 0, "How many proxies in front of the demo to trust: the client is the address that "
-            "many entries from the right of the forwarded header; 0 trusts no header (the connection's address); "
-            "1 on a Hugging Face Space unless set.", type=int),
-    Setting("forwarded_header", "x-forwarded-for", "Which header the trusted proxies write the client into: "
-            "x-forwarded-for, forwarded (RFC 7239 for=) or x-real-ip; read only when forwarded_hops is above 0.",
-            choices=("x-forwarded-for", "forwarded", "x-real-ip")),
-    Setting("admin_password", "", "Secret for admin actions (model reload, purge, export); empty allows them "
-            "from this machine only."),
-    Setting("refresh_seconds", 5.0, "How often the dashboard re-reads the log; 0 turns it off.", type=float),
-    Setting("dashboard_password", "", "Password for the dashboard; empty leaves it open.", ),
-    Setting("fsync", True, "Force each logged event to disk before it is acknowledged.", type=_bool),
-)
-
-BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+def setting(default: Any, help: str, cli: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+    """A Settings field: its default, its help (the README's row), whether it has a flag, its allowed values."""
+    return dataclasses.field(default=default, metadata={"help": help, "cli": cli, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The resolved values of every setting."""
+    """The resolved values of every setting; each field is declared here once, with its default and help."""
 
-    classifier: str
-    classifier_revision: str
-    captioner: str
-    captioner_revision: str
-    device: str
-    precision: str
-    threads: int
-    caption_max_tokens: int
-    top_k: int
-    db: str
-    max_upload_mb: float
-    max_body_kb: float
-    upload_budget_mb: float
-    max_pixels: int
-    max_decoded_mb: float
-    min_side: int
-    cache_size: int
-    host: str
-    port: int
-    concurrency: int
-    queue_size: int
-    flush_interval: float
-    keep_images: bool
-    images_dir: str
-    retention_days: float
-    rate_limit: int
-    forwarded_hops: int
-    forwarded_header: str
-    admin_password: str
-    refresh_seconds: float
-    dashboard_password: str
-    fsync: bool
+    classifier: str = setting("google/vit-base-patch16-224",
+        "Image-classification model: a Hugging Face id or a local folder.", cli=True)
+    classifier_revision: str = setting("",
+        "Hub revision of the classifier; empty means the pinned revision for a default model, else main.")
+    captioner: str = setting("Salesforce/blip-image-captioning-base",
+        "BLIP captioning model: a Hugging Face id or a local folder.", cli=True)
+    captioner_revision: str = setting("",
+        "Hub revision of the captioner; empty means the pinned revision for a default model, else main.")
+    device: str = setting("auto", "Where the models run: auto, cpu or cuda.", cli=True,
+        choices=("auto", "cpu", "cuda"))
+    precision: str = setting("auto", "Numeric precision of the models: fp32, bf16, int8, or auto for the fastest "
+        "that keeps the fidelity bounds on this machine.", choices=("auto", "fp32", "bf16", "int8"))
+    threads: int = setting(0, "Torch intra-op threads; 0 means one per CPU this process may use (affinity and container quota).")
+    caption_max_tokens: int = setting(30, "Most new tokens a caption may have.")
+    top_k: int = setting(5, "How many labels the classifier returns.")
+    db: str = setting(str(DEFAULT_DB), "Path of the DuckDB log file.", cli=True)
+    max_upload_mb: float = setting(20.0, "Largest upload accepted, in megabytes.")
+    max_body_kb: float = setting(1000.0, "Largest request body other than an upload, in kilobytes (JSON calls, data: "
+        "URLs included); larger ones are refused with 413 before they are read; 0 turns the cap off.")
+    upload_budget_mb: float = setting(60.0, "Megabytes one client may upload a minute; past it uploads are refused "
+        "with 429 and Retry-After; 0 turns the budget off.")
+    max_pixels: int = setting(40_000_000, "Largest image accepted, in pixels (checked before decoding).")
+    max_decoded_mb: float = setting(512.0, "Most memory one image may take while it is decoded, in megabytes, "
+        "computed from its header before decoding (bits per sample, bands, decoder buffers, working copies).")
+    min_side: int = setting(16, "Smallest width or height accepted, in pixels.")
+    cache_size: int = setting(256, "How many recent images' model outputs are kept in memory.")
+    host: str = setting("127.0.0.1", "Address the demo listens on (0.0.0.0 on a Hugging Face Space).", cli=True)
+    port: int = setting(7860, "Port the demo listens on.", cli=True)
+    concurrency: int = setting(1, "Predictions run at once; more only oversubscribes a small CPU.")
+    queue_size: int = setting(32, "Requests that may wait in the queue before new ones are refused as busy.")
+    flush_interval: float = setting(0.25, "Seconds between moves of logged events from the journal into DuckDB.")
+    keep_images: bool = setting(False, "Keep uploaded images (EXIF and GPS stripped, generated names) in images_dir, "
+        "to retrain from feedback later; off by default.")
+    images_dir: str = setting(str(DEFAULT_IMAGES), "Private folder for kept images.")
+    retention_days: float = setting(0.0, "Delete predictions, their feedback and kept images older than this many "
+        "days; 0 keeps them.")
+    rate_limit: int = setting(30, "Predictions one client may ask for per minute; 0 turns the limit off.")
+    forwarded_hops: int = setting(0, "How many proxies in front of the demo to trust: the client is the address that "
+        "many entries from the right of the forwarded header; 0 trusts no header (the connection's address); "
+        "1 on a Hugging Face Space unless set.")
+    forwarded_header: str = setting("x-forwarded-for", "Which header the trusted proxies write the client into: "
+        "x-forwarded-for, forwarded (RFC 7239 for=) or x-real-ip; read only when forwarded_hops is above 0.",
+        choices=("x-forwarded-for", "forwarded", "x-real-ip"))
+    admin_password: str = setting("", "Secret for admin actions (model reload, purge, export); empty allows them "
+        "from this machine only.")
+    refresh_seconds: float = setting(5.0, "How often the dashboard re-reads the log; 0 turns it off.")
+    dashboard_password: str = setting("", "Password for the dashboard; empty leaves it open.")
+    fsync: bool = setting(True, "Force each logged event to disk before it is acknowledged.")
 
     @classmethod
     def defaults(cls, **overrides: Any) -> "Settings":
-        values = {s.name: s.default for s in SETTINGS}
-        values.update(overrides)
-        return cls(**values)
+        return cls(**overrides)
 
     def replace(self, **changes: Any) -> "Settings":
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return Settings(**values)
+        return dataclasses.replace(self, **changes)
+
+
+_TYPES: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float, "bool": _bool}
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, f.default, f.metadata["help"], _TYPES[f.type], f.metadata["cli"], f.metadata["choices"])
+    for f in dataclasses.fields(Settings))
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
 def _convert(setting: Setting, raw: str) -> Any:

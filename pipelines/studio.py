@@ -1,41 +1,60 @@
-"""The recognizer and the log together: what the demo and the API call."""
+"""The one door: every face (the page, the API, batch jobs) predicts, records feedback, deletes and administers here."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
+import uuid
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
-from pipelines import access
+from pipelines import access, tasks
 from pipelines.access import Access
-from pipelines.tasks.caption import Captioner
-from pipelines.tasks.classify import Classifier
-from pipelines.log.eventlog import EventLog, utcnow
 from pipelines.intake import Limits
+from pipelines.log.eventlog import EventLog, utcnow
+from pipelines.log.export import ExportShelf
 from pipelines.log.privacy import Deleted, ImageStore
-from pipelines.recognizer import Recognizer, prediction_row
+from pipelines.models import ModelLoadError
+from pipelines.recognizer import Recognizer
 from pipelines.settings import Settings
+from pipelines.uploads import UploadRefs
 
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 300
 RETENTION_CHECK_S = 3600.0
+PUBLIC_FIELDS = ("id", "labels", "caption", "prompt", "timings_ms", "models", "image", "cached", "outputs", "logged")
 
 
 class RequestRejected(ValueError):
     """A request refused before any work, with one sentence saying why."""
 
 
+class Caller(NamedTuple):
+    """Who sent a request, as the face saw it: its headers and the address of the connection it came on."""
+
+    headers: Any = None
+    peer: str | None = None
+
+
+def public(result: dict) -> dict:
+    """The fields of a result a caller is sent (the API contract), without the decoded photo or run details."""
+    return {k: result[k] for k in PUBLIC_FIELDS if k in result}
+
+
 class Studio:
-    """Predictions that are logged before they are answered, and feedback on them."""
+    """Predictions that are logged before they are answered, feedback on them, deletion and administration."""
 
     def __init__(self, recognizer: Recognizer, log: EventLog, access: Access | None = None,
-                 retention_days: float = 0.0):
+                 retention_days: float = 0.0, uploads: UploadRefs | None = None):
         self.recognizer = recognizer
         self.log = log
         self.access = access or Access()
         self.retention_days = retention_days
+        self.uploads = uploads or UploadRefs()  # who still needs each visitor's uploaded copy
+        self.exports: ExportShelf | None = None  # where admin exports are served from, once a face says
         self.after_delete: list[Callable[[], Any]] = []  # run when rows went, e.g. to drop exports holding them
         self._stop = threading.Event()
         if recognizer.store and log.replayed_images:  # finish image deletions a kill cut short
@@ -45,24 +64,19 @@ class Studio:
 
     @classmethod
     def from_settings(cls, config: Settings) -> "Studio":
-        """Models (not loaded yet) and an open log, as the settings say."""
-        classifier = Classifier(config.classifier, revision=config.classifier_revision or None,
-                                device=config.device, top_k=config.top_k, precision=config.precision)
-        captioner = Captioner(config.captioner, revision=config.captioner_revision or None,
-                              device=config.device, max_new_tokens=config.caption_max_tokens,
-                              precision=config.precision)
+        """Every task's model (not loaded yet) and an open log, as the settings say."""
         limits = Limits(max_bytes=int(config.max_upload_mb * 1_000_000), max_pixels=config.max_pixels,
                         min_side=config.min_side, max_decoded_bytes=int(config.max_decoded_mb * 1_000_000))
         store = ImageStore(config.images_dir) if config.keep_images else None
-        recognizer = Recognizer(classifier, captioner, limits, top_k=config.top_k, cache_size=config.cache_size,
-                                store=store)
+        recognizer = Recognizer(tasks.build(config), limits, cache_size=config.cache_size, store=store)
         log = EventLog(config.db, flush_interval=config.flush_interval, fsync=config.fsync).open()
         return cls(recognizer, log, Access.from_settings(config), config.retention_days)
 
+    # -- models ----------------------------------------------------------------------------------------------
     def warm_up(self, background: bool = True) -> threading.Thread | None:
-        """Load both models now, so the first visitor does not wait for it."""
+        """Load every model now, so the first visitor does not wait for it."""
         def load() -> None:
-            for model in (self.recognizer.classifier, self.recognizer.captioner):
+            for model in self.recognizer.model_roles.values():
                 try:
                     model.load()
                 except Exception:
@@ -76,34 +90,87 @@ class Studio:
 
     def model_status(self) -> dict[str, dict[str, Any]]:
         """For each model: its id, whether it is loaded, and the load error if any."""
-        return {
-            role: {"id": model.model_id, "loaded": model.loaded, "error": model.error}
-            for role, model in (("classifier", self.recognizer.classifier),
-                                ("captioner", self.recognizer.captioner))
-        }
+        return {role: {"id": model.model_id, "loaded": model.loaded, "error": model.error}
+                for role, model in self.recognizer.model_roles.items()}
 
-    def predict_steps(self, source: Any, prompt: str | None = None, origin: str = "api",
-                      session_id: str | None = None, client: str | None = None) -> Iterator[dict]:
-        """Yield labels first, then the complete result once it is in the log."""
+    def labels(self) -> list[str]:
+        """Every label the classifier knows, for a corrected label to be picked from."""
+        return self.recognizer.classifier.labels
+
+    # -- predictions -----------------------------------------------------------------------------------------
+    def predict_steps(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
+                      origin: str = "api", session_id: str | None = None, caller: Caller | None = None,
+                      disposable: bool = False) -> Iterator[dict]:
+        """Yield the result after each task ("pending" says what is still to come); the last one once logged.
+
+        disposable: the source is a visitor's uploaded copy, to be removed once no one needs it: with a session it
+        is held until the session's data is deleted (or the face's sweep); without one, until this request ends.
+        """
+        names = self._check(prompt, tasks, caller)
+        holder = f"session:{session_id}" if session_id else f"request:{uuid.uuid4().hex}"
+        if disposable:
+            self.uploads.acquire(str(source), holder)
+        try:
+            for result in self.recognizer.steps(source, prompt=prompt, tasks=names):
+                if result["pending"]:
+                    yield result
+                    continue
+                logged = self.log.log_prediction(self._rows(result, origin, session_id))
+                result["logged"] = logged.durable  # False: answered, but held in memory until the journal can take it
+                yield result
+        finally:
+            if disposable and not session_id:  # a caller without a session cannot delete it later: it goes now
+                self.uploads.release(str(source), holder)
+
+    def predict(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
+                origin: str = "api", session_id: str | None = None, caller: Caller | None = None,
+                disposable: bool = False) -> dict:
+        """The complete result for one image, logged."""
+        *_, result = self.predict_steps(source, prompt=prompt, tasks=tasks, origin=origin, session_id=session_id,
+                                        caller=caller, disposable=disposable)
+        return result
+
+    def _check(self, prompt: str | None, names: Sequence[str] | None, caller: Caller | None) -> tuple[str, ...]:
+        """The tasks to run, or RequestRejected before any work: a bad argument, or the caller's rate limit."""
         if prompt and len(prompt) > MAX_PROMPT_CHARS:
             raise RequestRejected(f"The caption prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
-        wait = self.access.retry_after(client)
+        if isinstance(names, str):
+            names = [names]
+        try:
+            resolved = tasks.resolve(names)
+        except tasks.UnknownTask as exc:
+            raise RequestRejected(str(exc)) from None
+        wait = self.access.retry_after(self.client(caller))
         if wait:
             raise RequestRejected(f"Too many requests from your address: the limit is "
                                   f"{self.access.limiter.per_minute} predictions a minute. Try again in {wait:.0f} s.")
-        steps = self.recognizer.steps(source, prompt=prompt)
-        yield next(steps)
-        result = next(steps)
-        logged = self.log.log_prediction(prediction_row(result, source=origin, session_id=session_id))
-        result["logged"] = logged.durable  # False: answered, but held in memory until the journal can take it
-        yield result
+        return resolved
 
-    def predict(self, source: Any, prompt: str | None = None, origin: str = "api",
-                session_id: str | None = None, client: str | None = None) -> dict:
-        """The complete result for one image, logged."""
-        *_, result = self.predict_steps(source, prompt=prompt, origin=origin, session_id=session_id, client=client)
-        return result
+    @staticmethod
+    def _rows(result: dict, origin: str, session_id: str | None) -> dict:
+        # TEMPORARY until the v3 log lands: the v2 wide row
+        from datetime import datetime
+        labels = result["labels"] or []
+        timings = result["timings_ms"]
+        runs = result["runs"]
+        c, k = runs.get("classify", {}), runs.get("caption", {})
+        return {
+            "id": result["id"], "created_at": datetime.fromisoformat(result["created_at"]),
+            "image_sha256": result["image"]["sha256"], "width": result["image"]["width"],
+            "height": result["image"]["height"], "classifier": c.get("model_id"), "classifier_revision": c.get("revision"),
+            "captioner": k.get("model_id"), "captioner_revision": k.get("revision"),
+            "labels": [i["label"] for i in labels], "scores": [float(i["score"]) for i in labels],
+            "top1_label": labels[0]["label"] if labels else None, "top1_score": float(labels[0]["score"]) if labels else None,
+            "caption": result["caption"], "prompt": result["prompt"], "intake_ms": timings.get("intake"),
+            "classify_ms": timings.get("classify"), "caption_ms": timings.get("caption"), "total_ms": timings.get("total"),
+            "cached": result["cached"], "source": origin, "session_id": session_id, "image_file": result.get("image_file"),
+            "classifier_precision": c.get("precision"), "captioner_precision": k.get("precision")}
 
+    def client(self, caller: Caller | None) -> str | None:
+        """The caller's address as the access policy resolves it (forwarded headers only from trusted proxies)."""
+        return self.access.client(*caller) if caller else None
+
+    # -- feedback --------------------------------------------------------------------------------------------
     def feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
                  edited_caption: str | None = None) -> dict:
         """Record feedback on a logged prediction."""
@@ -112,6 +179,7 @@ class Studio:
         return {"id": str(feedback_id), "prediction_id": prediction_id, "recorded": True, "duplicate": not new,
                 "logged": feedback_id.durable}
 
+    # -- deletion --------------------------------------------------------------------------------------------
     def delete_data(self, session_id: str | None = None, prediction_id: str | None = None) -> Deleted:
         """Delete a session's or one prediction's rows and kept images ("delete my data")."""
         if not (session_id or prediction_id):
@@ -120,13 +188,16 @@ class Studio:
         return self._delete(where, params)
 
     def delete_session(self, session_id: str | None, key: str | None, issued: str | None) -> Deleted:
-        """Delete a session's data, only for the page that holds the key the server issued to that session."""
+        """Delete a session's data and uploaded copies, only for the page holding the key issued to that session."""
         # Gradio's session hash is chosen by the client and its server-side State is looked up by it, so neither
         # proves who calls: the key does, as the server sent it only to the page that opened the session.
         if not (session_id and access.same_key(key, issued)):
             raise RequestRejected("This page cannot show that it made these predictions, so nothing was deleted; "
                                   "delete a prediction by its id with /delete_my_data instead.")
-        return self.delete_data(session_id=session_id)
+        deleted = self.delete_data(session_id=session_id)
+        # copies no one else holds go now; one another visitor still needs goes after them
+        deleted.uploads += self.uploads.release_all(f"session:{session_id}")
+        return deleted
 
     def purge_older_than(self, days: float) -> Deleted:
         """Delete predictions, their feedback and kept images older than `days`."""
@@ -138,6 +209,8 @@ class Studio:
         store = self.recognizer.store
         deleted = Deleted(len(removed.ids), removed.feedback, store.delete(removed.images) if store else 0)
         if deleted.predictions or deleted.feedback:
+            if self.exports:
+                self.exports.clear()  # a deleted row must not live on in an export
             for hook in self.after_delete:
                 hook()
         return deleted
@@ -152,6 +225,40 @@ class Studio:
                 log.warning("retention purge failed: %s", exc)
             if self._stop.wait(RETENTION_CHECK_S):
                 return
+
+    # -- administration: open to a direct connection from this machine until a password is set, then only with it
+    def check_admin(self, caller: Caller | None, token: str | None) -> None:
+        """Raise access.AccessDenied unless this caller may run an admin action."""
+        self.access.check_admin(*(caller or Caller()), token)
+
+    def admin_reload(self, caller: Caller | None, token: str | None) -> dict:
+        """Try again to load the models that failed (the hub is back, a folder was fixed)."""
+        self.check_admin(caller, token)
+        for model in self.recognizer.model_roles.values():
+            try:
+                model.load(retry=True)
+            except ModelLoadError:
+                pass  # reported in the status returned
+        return self.model_status()
+
+    def admin_purge(self, caller: Caller | None, token: str | None, older_than_days: float) -> Deleted:
+        """Delete predictions, feedback and kept images older than a number of days."""
+        self.check_admin(caller, token)
+        return self.purge_older_than(float(older_than_days))
+
+    def admin_export(self, caller: Caller | None, token: str | None) -> str:
+        """The whole log as a Parquet file, removed once downloaded, after a TTL, or on any deletion."""
+        self.check_admin(caller, token)
+        if self.exports is None:
+            raise RequestRejected("Exports are not served here.")
+        self.log.flush()
+        return str(self.exports.write(self.log.path))
+
+    def serve_exports_from(self, folder: str | os.PathLike) -> ExportShelf:
+        """Write admin exports into folder (where the face serves files from)."""
+        self.exports = ExportShelf(folder)
+        atexit.register(self.exports.close)
+        return self.exports
 
     def close(self) -> None:
         """Write every pending event into the log."""

@@ -65,10 +65,46 @@ def test_predict_returns_the_json_contract(client):
     assert result["image"]["width"] == 451 and result["image"]["height"] == 300
 
 
+def test_predict_without_tasks_keeps_the_old_contract_and_adds_outputs(client):
+    result = client.predict(handle_file(str(PHOTO)), api_name="/predict")
+    assert set(result["outputs"]) == {"classify", "caption"}
+    assert result["outputs"]["classify"]["labels"] == result["labels"]
+    assert result["outputs"]["caption"]["caption"] == result["caption"]
+    assert result["outputs"]["classify"]["model"].startswith(result["models"]["classifier"]["id"] + "@local-")
+    assert result["outputs"]["caption"]["model"].startswith(result["models"]["captioner"]["id"] + "@local-")
+    assert "photo" not in result and "runs" not in result  # the decoded photo never leaves the server
+
+
+def test_predict_runs_the_tasks_named(client):
+    explained = client.predict(handle_file(str(PHOTO)), None, ["explain"], api_name="/predict")
+    assert set(explained["outputs"]) == {"classify", "explain"}  # explain needs the classifier's answer
+    assert explained["caption"] is None and explained["labels"]
+    payload = explained["outputs"]["explain"]
+    assert payload["label"] == explained["labels"][0]["label"]
+    assert payload["model"] == explained["outputs"]["classify"]["model"]
+    rows, cols = len(payload["heatmap"]), len(payload["heatmap"][0])
+    assert cols > rows  # the cat photo is 451x300: the heatmap covers it with its aspect
+    assert all(0.0 <= v <= 1.0 for row in payload["heatmap"] for v in row)
+    only = client.predict(handle_file(str(PHOTO)), "a photography of", ["caption"], api_name="/predict")
+    assert only["labels"] is None and set(only["outputs"]) == {"caption"}
+    assert only["outputs"]["caption"]["prompt"] == "a photography of"
+    every = client.predict(handle_file(str(PHOTO)), None, ["classify", "caption", "explain"], api_name="/predict")
+    assert set(every["outputs"]) == {"classify", "caption", "explain"}
+    assert set(every["timings_ms"]) == {"intake", "classify", "caption", "explain", "total"}
+
+
+def test_an_unknown_task_is_refused_with_a_sentence(client):
+    with pytest.raises(Exception) as caught:
+        client.predict(handle_file(str(PHOTO)), None, ["classify", "detect-all-the-things"], api_name="/predict")
+    message = str(caught.value)
+    assert "detect-all-the-things" in message and "classify, caption, explain" in message, message
+    assert client.predict(handle_file(str(PHOTO)), api_name="/predict")["labels"]  # and the server is still there
+
+
 def test_a_row_is_readable_from_another_process_within_2s(client, server):
     result = client.predict(handle_file(str(PHOTO)), api_name="/predict")
     started = time.monotonic()
-    probe = ("import sys, time\nfrom pipelines import eventlog\n"
+    probe = ("import sys, time\nfrom pipelines.log import eventlog\n"
              "deadline = time.monotonic() + 2.0\n"
              "while time.monotonic() < deadline:\n"
              "    rows = eventlog.query(sys.argv[1], 'SELECT top1_label, source FROM predictions WHERE id = ?', [sys.argv[2]])\n"

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import threading
 import types
+from typing import Hashable, Mapping
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from pipelines.models import LazyModel, precision as prec
+from pipelines.models import LazyModel, defaults, precision as prec, version_of
 from pipelines.tasks import blip_decoding
+from pipelines.tasks.base import Request, Task
 
 
 class Captioner(LazyModel):
@@ -93,6 +95,22 @@ class Captioner(LazyModel):
     def postprocess(self, token_ids: torch.Tensor) -> str:
         with self._tokenizer_lock:
             return self.processor.decode(token_ids.cpu(), skip_special_tokens=True).strip()
+
+
+class Caption(Task):
+    """A caption of the photo; with a prompt, the caption that starts with it."""
+
+    name = "caption"
+    role = "captioner"
+    default_model = version_of(defaults.DEFAULT_CAPTIONER, defaults.PINNED_REVISIONS[defaults.DEFAULT_CAPTIONER])
+    settings = ("captioner", "captioner_revision", "caption_max_tokens", "precision", "device")
+    output = {"caption": "str", "prompt": "str or null: the prompt the caption starts from"}
+
+    def params(self, request: Request, done: Mapping[str, dict]) -> Hashable:
+        return (request.prompt, self.model.max_new_tokens)
+
+    def __call__(self, image: Image.Image, request: Request, done: Mapping[str, dict]) -> dict:
+        return {"caption": self.model(image, prompt=request.prompt), "prompt": request.prompt}
 
 
 # --- fused attention --------------------------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from typing import Hashable, Mapping
 
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from pipelines.models import LazyModel, precision as prec
+from pipelines.models import LazyModel, defaults, precision as prec, version_of
+from pipelines.tasks.base import Request, Task
 
 
 def _short_name(label: str) -> str:
@@ -104,3 +106,19 @@ class Classifier(LazyModel):
         scores = torch.sigmoid(logits) if self._multi_label else torch.softmax(logits, dim=-1)
         values, indices = torch.topk(scores, min(top_k, scores.numel()))
         return [{"label": self._labels[i], "score": float(v)} for v, i in zip(values.tolist(), indices.tolist())]
+
+
+class Classify(Task):
+    """The top-k labels of the photo with their probabilities."""
+
+    name = "classify"
+    role = "classifier"
+    default_model = version_of(defaults.DEFAULT_CLASSIFIER, defaults.PINNED_REVISIONS[defaults.DEFAULT_CLASSIFIER])
+    settings = ("classifier", "classifier_revision", "top_k", "precision", "device")
+    output = {"labels": "list of {label, score}, best first, top_k long"}
+
+    def params(self, request: Request, done: Mapping[str, dict]) -> Hashable:
+        return (request.top_k or self.model.top_k,)
+
+    def __call__(self, image: Image.Image, request: Request, done: Mapping[str, dict]) -> dict:
+        return {"labels": self.model(image, top_k=request.top_k or self.model.top_k)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass
+from typing import Hashable, Mapping
 
 import numpy as np
 import torch
@@ -12,7 +13,8 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from pipelines.tasks.classify import readable_labels
+from pipelines.tasks.base import Request, Task
+from pipelines.tasks.classify import Classify, readable_labels
 
 GRID_SIZE = 32  # cells on the photo's long side: a log row stays a few KB, and a 7x7 or 14x14 CAM loses nothing
 _CANVAS = 8  # canvas pixels a grid cell is averaged from, so the crop's edge falls between cells, not on them
@@ -186,7 +188,7 @@ class Explain:
         if classifier.precision == prec.FP32:
             model = copy.deepcopy(classifier.model)  # a copy: captum's hooks must never fire in a classify call
         else:  # int8 or bf16: load the exact fp32 weights again, from the same folder or hub commit
-            revision = None if classifier.revision == "local" else classifier.revision
+            revision = None if (classifier.revision or "").startswith("local") else classifier.revision
             twin = Classifier(classifier.model_id, revision=revision, device=str(classifier.device),
                               precision=prec.FP32).load()
             model = twin.model
@@ -247,3 +249,58 @@ class Explain:
         return {"label": self.labels[raw["index"]],
                 "heatmap": [[round(v, 4) for v in row] for row in heat.clamp(0, 1).tolist()],
                 "grid": [grid[0], grid[1]]}
+
+
+class ExplainTask(Task):
+    """Why the classifier said its top label: a Grad-CAM heatmap over the photo, on a float copy of its weights."""
+
+    name = "explain"
+    role = "classifier"  # the classifier's answer, explained with the classifier itself: no model of its own
+    needs = ("classify",)
+    default_model = Classify.default_model
+    settings = ("classifier", "classifier_revision", "device")
+    output = {"label": Explain.output["label"], "heatmap": Explain.output["heatmap"], "grid": Explain.output["grid"]}
+
+    def __init__(self, model, grid_size: int = GRID_SIZE):
+        super().__init__(model)
+        self.grid_size = grid_size
+        self._explain: Explain | None = None
+        self._explain_for: object = None  # the loaded classifier it was copied from (a reload makes a new one)
+        self._lock = threading.Lock()
+
+    def params(self, request: Request, done: Mapping[str, dict]) -> Hashable:
+        return (self.grid_size, _top_label(done))
+
+    def __call__(self, image: Image.Image, request: Request, done: Mapping[str, dict]) -> dict:
+        # the label the page showed: an int8 classifier's top-1 is explained, not the float copy's own
+        return self.explainer()(image, label=_top_label(done))
+
+    def explainer(self) -> Explain:
+        """The float copy of the classifier's model with captum's Grad-CAM, made on first use."""
+        with self._lock:
+            if self._explain is None or self._explain_for is not self.model.model:
+                self._explain = Explain.from_classifier(self.model, grid_size=self.grid_size)
+                self._explain_for = self.model.model
+            return self._explain
+
+    @property
+    def precision(self) -> str | None:
+        return "fp32" if self.model.loaded else None  # always a float32 copy: int8 weights have no gradients
+
+
+def _top_label(done: Mapping[str, dict]) -> str | None:
+    labels = done.get("classify", {}).get("labels") or []
+    return labels[0]["label"] if labels else None
+
+
+def overlay(photo: Image.Image, heatmap: list[list[float]], alpha: float = 0.5, longest: int = 640) -> Image.Image:
+    """The photo with the heatmap over it in a colour map (bright: what drove the label), at most `longest` px."""
+    from matplotlib import colormaps
+
+    base = photo.convert("RGB")
+    base.thumbnail((longest, longest))
+    grid = np.asarray(heatmap, dtype=np.float32)
+    heat = Image.fromarray(grid).resize(base.size, Image.Resampling.BILINEAR)  # mode F: floats stay floats
+    colours = colormaps["inferno"](np.clip(np.asarray(heat), 0.0, 1.0))[..., :3]
+    tinted = Image.fromarray((colours * 255).astype(np.uint8), "RGB")
+    return Image.blend(base, tinted, alpha)

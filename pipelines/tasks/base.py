@@ -1,0 +1,54 @@
+"""The task interface: what one task declares, and how the recognizer runs it on a decoded photo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Hashable, Mapping
+
+from PIL import Image
+
+from pipelines.models import LazyModel
+
+
+class UnknownTask(ValueError):
+    """A request named a task that does not exist."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a caller asked of one photo, beyond the photo: the task parameters a face may pass."""
+
+    prompt: str | None = None  # caption: the start of the caption (BLIP conditional captioning)
+    top_k: int | None = None  # classify: how many labels; None means the setting
+
+
+class Task:
+    """One thing learnt from a photo, on one model: preprocess -> _forward -> postprocess, a plain-dict payload.
+
+    A subclass declares its name, the model role it runs on (models are shared: explain runs on the classifier),
+    the tasks whose payloads it reads, its default model with the pinned revision, the settings it reads and the
+    fields of its payload. The recognizer adds "model" (the version) to every payload; the log stores it as is.
+    """
+
+    name: ClassVar[str]
+    role: ClassVar[str]  # "classifier" or "captioner": the model it runs on
+    needs: ClassVar[tuple[str, ...]] = ()  # tasks that run first, whose payloads this one reads
+    default_model: ClassVar[str]  # the model a fresh install runs, id@pinned revision
+    settings: ClassVar[tuple[str, ...]] = ()  # names of pipelines.settings it reads
+    output: ClassVar[dict[str, str]] = {}  # payload field -> what it holds
+
+    def __init__(self, model: LazyModel):
+        self.model = model
+
+    def params(self, request: Request, done: Mapping[str, dict]) -> Hashable:
+        """What besides the photo and the model version changes the payload: part of the cache key."""
+        return ()
+
+    def __call__(self, image: Image.Image, request: Request, done: Mapping[str, dict]) -> dict[str, Any]:
+        """The payload for an upright RGB-or-other image; done holds the payloads of the tasks it needs."""
+        raise NotImplementedError
+
+    @property
+    def precision(self) -> str | None:
+        """The precision it computes in (the model's, unless the task says otherwise)."""
+        return self.model.precision
