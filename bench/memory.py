@@ -24,9 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from bench.common import peak_rss_mb, rss_mb, rss_split_mb
-    from pipelines.tasks.caption import Captioner
-    from pipelines.tasks.classify import Classifier
     from pipelines.recognizer import Recognizer
+    from pipelines.tasks import Caption, Captioner, Classifier, Classify
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         out["load_s"][role] = round(time.perf_counter() - start, 2)
         out["rss_mb"][f"{role}_loaded"] = round(rss_mb(), 1)
     out["peak_rss_mb_loading"] = round(peak_rss_mb(), 1)
-    recognizer = Recognizer(classifier, captioner, cache_size=0)
+    recognizer = Recognizer({"classify": Classify(classifier), "caption": Caption(captioner)}, cache_size=0)
     result = recognizer.recognize(args.photo)
     out["rss_mb"]["after_request"] = round(rss_mb(), 1)
     out["rss_after_request_by_kind_mb"] = rss_split_mb()

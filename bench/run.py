@@ -14,7 +14,9 @@ random weights) into bench/out/, then times on the sample photos:
 5. the running demo (`python -m demo` in its own process, as deployed) through `/predict` with gradio_client:
    one client request by request (request time against the sum of its stages), then 1, 4 and 8 concurrent
    clients and 1 again (req/s and p50/p95/p99), and what logging a prediction costs;
-6. load time and peak resident memory with both models loaded, in a fresh process (`bench.memory`).
+6. each task (classify, caption, explain) through the recognizer, and the default request against the old path
+   (bench/tasks.py);
+7. load time and peak resident memory with both models loaded, in a fresh process (`bench.memory`).
 
 It writes bench/results.json and bench/results.md and prints the ratios against the targets.
 """
@@ -33,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import large_photos
+from bench import large_photos, tasks
 from bench.common import (OUT, PHOTOS, ROOT, Timer, load_average, machine, md_table, percentile, photos, standins,
                           summary)
 
@@ -536,6 +538,8 @@ def markdown(results: dict) -> str:
     clf, cap = results.get("classification"), results.get("captioning")
     if clf and cap:
         parts += _stages_markdown(clf, cap)
+    if "tasks" in results:
+        parts += tasks.markdown(results["tasks"])
     if "large_photos" in results:
         parts += large_photos.markdown(results["large_photos"])
     if "precisions" in results:
@@ -607,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=None, help="the demo's concurrency (default: setting)")
     parser.add_argument("--threads", type=int, default=None, help="the demo's torch threads (default: setting)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["classification", "captioning", "large", "precisions", "demo", "memory"],
+                        choices=["classification", "captioning", "tasks", "large", "precisions", "demo", "memory"],
                         help="sections to leave out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where results.json/.md go")
     args = parser.parse_args(argv)
@@ -634,6 +638,10 @@ def main(argv: list[str] | None = None) -> None:
         results["classification"] = bench_classification(vit, paths, args.precision)
     if "captioning" not in args.skip:
         results["captioning"] = bench_captioning(blip, paths[:args.caption_photos], args.precision, args.tokens)
+    if "tasks" not in args.skip:
+        log("tasks: each task through the recognizer, and the default request against the path before tasks")
+        results["tasks"] = tasks.bench_tasks(vit, blip, paths[:args.sweep_photos], args.precision, args.tokens)
+        log(f"  default request / old path: {results['tasks']['default_over_old']}x")
     if "large" not in args.skip:
         log("phone-size photos: intake and preprocessing, reduced against full size")
         results["large_photos"] = large_photos.bench_large_photos(vit, blip, paths[:4])

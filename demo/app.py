@@ -82,6 +82,22 @@ def explanation(result: dict) -> Any:
                     label=f"Why “{payload['label']}”: the brighter, the more it drove the label")
 
 
+class Page(gr.Blocks):
+    """gr.Blocks whose named endpoints may be called without their trailing optional arguments.
+
+    gradio_client fills in missing arguments, but a plain HTTP caller sends what it knows: an argument added to an
+    endpoint later (/predict's tasks) must not break the scripts written before it.
+    """
+
+    optional_tail = {"predict": 2}  # api name -> how many trailing inputs a caller may leave out (prompt, tasks)
+
+    def validate_inputs(self, block_fn, inputs: list[Any]) -> None:
+        missing = len(block_fn.inputs) - len(inputs)
+        if 0 < missing <= self.optional_tail.get(block_fn.api_name, 0):
+            inputs.extend([None] * missing)  # in place: preprocessing reads this same list next
+        super().validate_inputs(block_fn, inputs)
+
+
 def caller(request: gr.Request | None) -> Caller | None:
     """Who sent a request: its headers and the address of the connection it came on."""
     if request is None:
@@ -229,7 +245,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             raise user_error(exc) from None
 
     # -- layout ----------------------------------------------------------------------------------------------------
-    with gr.Blocks(title="imagerec", analytics_enabled=False, delete_cache=(300, 900)) as demo:
+    with Page(title="imagerec", analytics_enabled=False, delete_cache=(300, 900)) as demo:
         gr.Markdown("# imagerec\nDrop a photo to see what is in it and a caption for it. "
                     "Fix the caption and tell us whether the answer was right: it helps the team see how well "
                     "the models do.")

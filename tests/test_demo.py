@@ -93,6 +93,23 @@ def test_predict_runs_the_tasks_named(client):
     assert set(every["timings_ms"]) == {"intake", "classify", "caption", "explain", "total"}
 
 
+def test_plain_http_callers_written_before_tasks_existed_still_work(server):
+    import httpx
+    import json
+
+    url = server[0]
+    with httpx.Client(timeout=60) as http:
+        uploaded = http.post(f"{url}gradio_api/upload", files={"files": ("cat.jpg", PHOTO.read_bytes())}).json()
+        photo = {"path": uploaded[0], "meta": {"_type": "gradio.FileData"}, "orig_name": "cat.jpg"}
+        for data, tasks_run in (([photo, None], {"classify", "caption"}), ([photo], {"classify", "caption"}),
+                                ([photo, None, ["explain"]], {"classify", "explain"})):
+            event = http.post(f"{url}gradio_api/call/predict", json={"data": data}).json()["event_id"]
+            body = http.get(f"{url}gradio_api/call/predict/{event}").text
+            assert "event: complete" in body, (len(data), body[:300])
+            result = json.loads(body.split("data: ", 1)[1].splitlines()[0])[0]
+            assert set(result["outputs"]) == tasks_run, len(data)
+
+
 def test_an_unknown_task_is_refused_with_a_sentence(client):
     with pytest.raises(Exception) as caught:
         client.predict(handle_file(str(PHOTO)), None, ["classify", "detect-all-the-things"], api_name="/predict")

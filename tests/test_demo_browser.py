@@ -125,3 +125,26 @@ def test_delete_my_data_in_the_browser_leaves_no_row_or_copy(browser, tiny_class
     assert not len(eventlog.query(db, "SELECT id FROM feedback"))
     assert not list((tmp_path / "kept").iterdir())
     assert not any(Path(get_upload_folder()).rglob(photo.name)), "a cached copy of the upload is left"
+
+
+def test_explain_toggle_shows_a_heatmap_over_the_photo(browser, tiny_classifier_dir, tiny_captioner_dir, tmp_path):
+    story = _real_story()  # with the real MobileNetV2 the heatmap points at the animal: the README shows it
+    classifier, photo = (story[0], story[1]) if story else (tiny_classifier_dir, _photo())
+    db = tmp_path / "log.duckdb"
+    with launched(test_settings(classifier, tiny_captioner_dir, db)) as (demo, url):
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            recognize_upload(page, url, photo)  # off by default: labels and caption, no heatmap
+            expect(page.locator("#explanation")).to_be_hidden()
+            page.locator("#explain input[type=checkbox]").check()
+            page.locator("#recognize").click()
+            shown = page.locator("#explanation img")
+            shown.wait_for(timeout=60_000)
+            expect(page.locator("#explanation")).to_contain_text("Why")
+            expect(page.locator("#verdict-row")).to_be_visible()
+            page.screenshot(path=str(screenshot_path("explain.png")), full_page=True)
+        finally:
+            page.close()
+        demo.studio.log.flush()
+        explained = _rows(db, "SELECT task FROM outputs WHERE task = 'explain'", [], 1)
+        assert len(explained) == 1  # the page's explanation is logged with its prediction

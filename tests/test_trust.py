@@ -274,8 +274,8 @@ def test_status_on_the_page_says_the_log_was_set_aside(tiny_classifier_dir, tiny
     db = tmp_path / "log.duckdb"
     db.write_bytes(b"not a database at all" * 100)
     with launched(test_settings(tiny_classifier_dir, tiny_captioner_dir, db)) as (demo, url):
-        from demo.app import _status_markdown
-        status = _status_markdown(demo.studio)
+        from demo.app import status_markdown
+        status = status_markdown(demo.studio)
         assert "kept as log.duckdb.bad-" in status and "fresh log" in status
 
 
