@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Hashable, Mapping
 
 from PIL import Image
@@ -20,6 +20,11 @@ class Request:
 
     prompt: str | None = None  # caption: the start of the caption (BLIP conditional captioning)
     top_k: int | None = None  # classify: how many labels; None means the setting
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # task name -> its options
+
+    def of(self, task: str) -> Mapping[str, Any]:
+        """The options given for one task (empty when none)."""
+        return self.options.get(task) or {}
 
 
 class Task:
