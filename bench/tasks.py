@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import PHOTOS, ROOT, Timer, machine, md_table, photos, standins, summary
+from bench.common import OUT, PHOTOS, Timer, machine, md_table, photos, standins, summary
 
 
 def bench_tasks(vit: Path, blip: Path, paths: list[Path], precision: str, tokens: int, rounds: int = 2) -> dict:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "tasks.json")
+    parser.add_argument("--out", type=Path, default=OUT / "tasks.json")
     args = parser.parse_args(argv)
     from pipelines.models.precision import configure_threads
 
