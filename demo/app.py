@@ -45,6 +45,8 @@ USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError, FeedbackRejected,
 NOT_LOGGED = ("⚠️ This was not saved to disk yet: the log's disk cannot be written, so it is held in memory "
               "and would be lost if the server stopped now.")
 ADD_A_PHOTO = "Add a photo first: upload one, drop it here, paste it or take one with the webcam."
+# what each task is called on the page, in the registry's order; a task without a title here is not offered on it
+TASK_TITLES = {"classify": "Labels", "caption": "Caption", "explain": "Why the top label (a heatmap; slower)"}
 
 
 # -- what the page shows ----------------------------------------------------------------------------------------
@@ -73,6 +75,22 @@ def history_entry(result: dict) -> dict:
             "caption": result["caption"], "feedback": "", "id": result["id"]}
 
 
+def scores(result: dict) -> dict | None:
+    """The labels as the label chart takes them, or nothing when the labels were not asked for."""
+    return {item["label"]: item["score"] for item in result["labels"]} if result["labels"] else None
+
+
+def caption_box(result: dict) -> Any:
+    if result["caption"] is not None:
+        return gr.Textbox(value=result["caption"], placeholder="")
+    waiting = "caption" in result.get("pending", ())
+    return gr.Textbox(value="", placeholder="Writing a caption…" if waiting else "No caption asked for.")
+
+
+def working_on(result: dict) -> str:
+    return "Working on: " + ", ".join(TASK_TITLES.get(name, name).lower() for name in result["pending"]) + " …"
+
+
 def explanation(result: dict) -> Any:
     """The photo with the heatmap of the top label over it, or a hidden image when none was asked."""
     payload = result["outputs"].get("explain")
@@ -96,6 +114,11 @@ class Page(gr.Blocks):
         if 0 < missing <= self.optional_tail.get(block_fn.api_name, 0):
             inputs.extend([None] * missing)  # in place: preprocessing reads this same list next
         super().validate_inputs(block_fn, inputs)
+
+
+def page_tasks(config: settings.Settings) -> list[str]:
+    """The tasks the page runs unless the visitor changes them (setting page_tasks), as the registry knows them."""
+    return list(tasks.resolve(config.page_tasks.split(",")))  # an unknown name stops the start with a sentence
 
 
 def caller(request: gr.Request | None) -> Caller | None:
@@ -124,29 +147,27 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         settled = all(s["loaded"] or s["error"] for s in studio.model_status().values())
         return status_markdown(studio), gr.Timer(active=not settled)
 
-    def analyze(image: str | None, prompt: str, explain: bool, history: list[dict], request: gr.Request):
+    def analyze(image: str | None, prompt: str, chosen: list[str], history: list[dict], request: gr.Request):
         if not image:
             raise gr.Error(ADD_A_PHOTO)
-        asked = [*tasks.DEFAULT_TASKS, "explain"] if explain else None
+        if not chosen:
+            raise gr.Error("Pick at least one thing to find: labels, a caption, …")
         session = request.session_hash if request else None
         try:
-            for result in studio.predict_steps(image, prompt=prompt, tasks=asked, origin="demo", session_id=session,
+            for result in studio.predict_steps(image, prompt=prompt, tasks=chosen, origin="demo", session_id=session,
                                                caller=caller(request), disposable=disposable(image)):
-                scores = {item["label"]: item["score"] for item in result["labels"] or []}
-                if result["caption"] is None:
-                    yield (scores, gr.Textbox(value="", placeholder="Writing a caption…"), None, history, gr.skip(),
-                           gr.Row(visible=False), gr.Group(visible=False), gr.skip(), "", gr.Image(visible=False))
-                elif result["pending"]:  # the caption is there, the explanation still to come
-                    yield (gr.skip(), gr.Textbox(value=result["caption"], placeholder=""), None, history, gr.skip(),
-                           gr.skip(), gr.skip(), gr.skip(), "Explaining the top label…", gr.skip())
-                else:
-                    history = ([history_entry(result)] + history)[:HISTORY_LENGTH]
-                    known = [item["label"] for item in result["labels"]]
-                    choices = known + [x for x in studio.labels() if x not in known]
-                    yield (scores, gr.Textbox(value=result["caption"], placeholder=""), public(result), history,
-                           history_rows(history), gr.Row(visible=True), gr.Group(visible=False),
-                           gr.Dropdown(choices=choices, value=None), "" if result["logged"] else NOT_LOGGED,
-                           explanation(result))
+                shown = {labels: scores(result), caption: caption_box(result), heatmap: explanation(result)}
+                if result["pending"]:  # each task's answer shows as soon as it is done; feedback waits for the log
+                    yield {**shown, current: None, verdict_row: gr.Row(visible=False),
+                           correction: gr.Group(visible=False), message: working_on(result)}
+                    continue
+                history = ([history_entry(result)] + history)[:HISTORY_LENGTH]
+                known = [item["label"] for item in result["labels"] or []]
+                choices = known + [x for x in studio.labels() if x not in known] if known else []
+                yield {**shown, current: public(result), history_state: history, table: history_rows(history),
+                       verdict_row: gr.Row(visible=bool(known)), correction: gr.Group(visible=False),
+                       right_label: gr.Dropdown(choices=choices, value=None),
+                       message: "" if result["logged"] else NOT_LOGGED}
         except USER_ERRORS as exc:
             raise user_error(exc) from None
 
@@ -163,6 +184,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         return history, history_rows(history), f"Thanks, saved: {note}." if saved["logged"] else NOT_LOGGED
 
     def save_caption(current, caption, history):
+        if current and current.get("caption") is None:
+            raise gr.Error("There is no caption to correct: tick Caption and recognize the photo again.")
         if not (caption or "").strip():
             raise gr.Error("The caption is empty; write something before saving it.")
         return record(current, history, "caption edited", edited_caption=caption.strip())
@@ -253,7 +276,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         timer = gr.Timer(2.0)
         current = gr.State(None)
         issued_key = gr.State(None)  # the key this session's page was given (server side, found by session hash)
-        history = gr.State([])
+        history_state = gr.State([])
         with gr.Row():
             with gr.Column(scale=1):
                 photo = PhotoInput(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
@@ -261,9 +284,9 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                 photo.intake_limits = studio.recognizer.limits
                 prompt = gr.Textbox(label="Caption prompt (optional)", placeholder="e.g. a photography of",
                                     elem_id="prompt")
-                # off by default: a heatmap costs a backward pass, about as much again as the labels on a small CPU
-                explain = gr.Checkbox(label="Explain the top label (a heatmap over the photo; slower)", value=False,
-                                      elem_id="explain")
+                # the operator's defaults (page_tasks): labels and a caption; a heatmap costs a backward pass
+                chosen = gr.CheckboxGroup([(TASK_TITLES[n], n) for n in tasks.REGISTRY if n in TASK_TITLES],
+                                          value=page_tasks(config), label="What to find", elem_id="tasks")
                 run = gr.Button("Recognize", variant="primary", elem_id="recognize")
                 gr.Examples(EXAMPLES, inputs=photo, label="Try an example")
             with gr.Column(scale=1):
@@ -298,17 +321,17 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         demo.load(status, outputs=[model_status, timer], api_visibility="private")
         demo.load(issue_key, inputs=issued_key, outputs=[page_key, issued_key], api_visibility="private")
         timer.tick(status, outputs=[model_status, timer], api_visibility="private")
-        analysis = dict(fn=analyze, inputs=[photo, prompt, explain, history],
-                        outputs=[labels, caption, current, history, table, verdict_row, correction, right_label,
+        analysis = dict(fn=analyze, inputs=[photo, prompt, chosen, history_state],
+                        outputs=[labels, caption, current, history_state, table, verdict_row, correction, right_label,
                                  message, heatmap], api_visibility="private")
         run.click(**analysis)
         photo.upload(**analysis)
         feedback = dict(api_visibility="private", concurrency_limit=None)
-        save.click(save_caption, [current, caption, history], [history, table, message], **feedback)
-        up.click(thumbs_up, [current, history], [history, table, message, correction], **feedback)
-        down.click(thumbs_down, [current, history], [history, table, message, correction], **feedback)
-        correct.click(save_correction, [current, right_label, history], [history, table, message], **feedback)
-        forget.click(forget_session, [page_key, issued_key], [photo, history, table, labels, current, caption,
+        save.click(save_caption, [current, caption, history_state], [history_state, table, message], **feedback)
+        up.click(thumbs_up, [current, history_state], [history_state, table, message, correction], **feedback)
+        down.click(thumbs_down, [current, history_state], [history_state, table, message, correction], **feedback)
+        correct.click(save_correction, [current, right_label, history_state], [history_state, table, message], **feedback)
+        forget.click(forget_session, [page_key, issued_key], [photo, history_state, table, labels, current, caption,
                                                               verdict_row, correction, message, heatmap], **feedback)
         gr.Button(visible=False).click(api_predict, [api_photo, api_prompt, api_tasks], api_out, api_name="predict")
         gr.api(api_feedback, api_name="feedback", concurrency_limit=None)

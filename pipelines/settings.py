@@ -81,6 +81,9 @@ class Settings:
     cache_size: int = setting(256, "How many recent images' model outputs are kept in memory.")
     host: str = setting("127.0.0.1", "Address the demo listens on (0.0.0.0 on a Hugging Face Space).", cli=True)
     port: int = setting(7860, "Port the demo listens on.", cli=True)
+    page_tasks: str = setting("classify,caption", "Tasks the page runs on a photo unless the visitor changes "
+        "them, comma-separated task names (as /predict takes them); explain adds a backward pass on a float copy "
+        "of the classifier.")
     concurrency: int = setting(1, "Predictions run at once; more only oversubscribes a small CPU.")
     queue_size: int = setting(32, "Requests that may wait in the queue before new ones are refused as busy.")
     flush_interval: float = setting(0.25, "Seconds between moves of logged events from the journal into DuckDB.")

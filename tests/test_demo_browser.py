@@ -136,7 +136,7 @@ def test_explain_toggle_shows_a_heatmap_over_the_photo(browser, tiny_classifier_
         try:
             recognize_upload(page, url, photo)  # off by default: labels and caption, no heatmap
             expect(page.locator("#explanation")).to_be_hidden()
-            page.locator("#explain input[type=checkbox]").check()
+            page.locator("#tasks").get_by_label("Why the top label").check()
             page.locator("#recognize").click()
             shown = page.locator("#explanation img")
             shown.wait_for(timeout=60_000)
