@@ -107,7 +107,7 @@ class Page(gr.Blocks):
     endpoint later (/predict's tasks) must not break the scripts written before it.
     """
 
-    optional_tail = {"predict": 2}  # api name -> how many trailing inputs a caller may leave out (prompt, tasks)
+    optional_tail = {"predict": 3}  # api name -> trailing inputs a caller may leave out (prompt, tasks, options)
 
     def validate_inputs(self, block_fn, inputs: list[Any]) -> None:
         missing = len(block_fn.inputs) - len(inputs)
@@ -218,12 +218,12 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
     # -- endpoints for programs (gradio_client) ------------------------------------------------------------------
     def api_predict(image: str | None, prompt: str | None = None, asked: list[str] | None = None,
-                    request: gr.Request = None) -> dict:
+                    options: dict | None = None, request: gr.Request = None) -> dict:
         if not image:
             raise gr.Error("Send an image file.")
         try:
             result = studio.predict(image, prompt=prompt, tasks=asked or None, origin="api", caller=caller(request),
-                                    disposable=disposable(image))
+                                    disposable=disposable(image), options=options)
         except USER_ERRORS as exc:
             raise user_error(exc) from None
         return public(result)
@@ -315,6 +315,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         api_prompt = gr.Textbox(visible=False)
         api_tasks = gr.Dropdown(choices=list(tasks.REGISTRY), value=[], multiselect=True, allow_custom_value=True,
                                 visible=False)  # an unknown name gets the studio's sentence, not a traceback
+        api_options = gr.JSON(value=None, visible=False)  # per task: its options, e.g. {"detect": {"threshold": 0.3}}
         api_out = gr.JSON(visible=False)
 
         # -- wiring: the page's events are private; the named endpoints below are the API ------------------------
@@ -333,7 +334,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         correct.click(save_correction, [current, right_label, history_state], [history_state, table, message], **feedback)
         forget.click(forget_session, [page_key, issued_key], [photo, history_state, table, labels, current, caption,
                                                               verdict_row, correction, message, heatmap], **feedback)
-        gr.Button(visible=False).click(api_predict, [api_photo, api_prompt, api_tasks], api_out, api_name="predict")
+        gr.Button(visible=False).click(api_predict, [api_photo, api_prompt, api_tasks, api_options], api_out,
+                                       api_name="predict")
         gr.api(api_feedback, api_name="feedback", concurrency_limit=None)
         gr.api(api_delete, api_name="delete_my_data", concurrency_limit=None)
         gr.api(admin_reload, api_name="admin_reload")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 from pipelines import tasks as registry
 from pipelines.intake import Limits, load_image
@@ -82,11 +82,16 @@ class Recognizer:
                 for role, model in self.model_roles.items()}
 
     def steps(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
-              top_k: int | None = None) -> Iterator[dict]:
-        """Yield the result after each task: "pending" names the tasks still to run, none in the last one."""
+              top_k: int | None = None, options: Mapping[str, Mapping] | None = None) -> Iterator[dict]:
+        """Yield the result after each task: "pending" names the tasks still to run, none in the last one.
+
+        options: per task name, that task's options (e.g. {"detect": {"threshold": 0.3}}).
+        """
         started = time.perf_counter()
-        names = registry.resolve(tasks)  # before intake: a bad name costs no decoding
-        request = Request(prompt=(prompt or "").strip() or None, top_k=top_k)
+        names = registry.resolve(tasks)  # before intake: a bad request costs no decoding
+        request = Request(prompt=(prompt or "").strip() or None, top_k=top_k, options=_options(options))
+        for name in names:
+            self.tasks[name].check(request)
 
         t = time.perf_counter()
         intake = load_image(source, self.limits)
@@ -146,7 +151,22 @@ class Recognizer:
         return self._cache.discard(lambda key: key[0] in hashes)
 
     def recognize(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
-                  top_k: int | None = None) -> dict:
+                  top_k: int | None = None, options: Mapping[str, Mapping] | None = None) -> dict:
         """The complete result for one image."""
-        *_, result = self.steps(source, prompt=prompt, tasks=tasks, top_k=top_k)
+        *_, result = self.steps(source, prompt=prompt, tasks=tasks, top_k=top_k, options=options)
         return result
+
+
+def _options(options: Any) -> dict[str, Mapping]:
+    """Per-task options as given by a caller, checked for shape: a dict from task names to dicts."""
+    if not options:
+        return {}
+    if not isinstance(options, Mapping):
+        raise registry.BadRequest("The options must be a dict from task names to their options, "
+                                  "e.g. {\"detect\": {\"threshold\": 0.3}}.")
+    for name, value in options.items():
+        if name not in registry.REGISTRY:
+            raise registry.UnknownTask(f"There is no task {name!r}; the tasks are {', '.join(registry.REGISTRY)}.")
+        if value is not None and not isinstance(value, Mapping):
+            raise registry.BadRequest(f"The options of {name} must be a dict, not {type(value).__name__}.")
+    return {name: value or {} for name, value in options.items()}

@@ -18,6 +18,7 @@ from pipelines.log.export import ExportShelf
 from pipelines.log.privacy import Deleted, ImageStore
 from pipelines.models import ModelLoadError
 from pipelines.recognizer import Recognizer
+from pipelines.tasks import BadRequest
 from pipelines.settings import Settings
 from pipelines.uploads import UploadRefs
 
@@ -100,7 +101,7 @@ class Studio:
     # -- predictions -----------------------------------------------------------------------------------------
     def predict_steps(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
                       origin: str = "api", session_id: str | None = None, caller: Caller | None = None,
-                      disposable: bool = False) -> Iterator[dict]:
+                      disposable: bool = False, options: dict | None = None) -> Iterator[dict]:
         """Yield the result after each task ("pending" says what is still to come); the last one once logged.
 
         disposable: the source is a visitor's uploaded copy, to be removed once no one needs it: with a session it
@@ -111,23 +112,25 @@ class Studio:
         if disposable:
             self.uploads.acquire(str(source), holder)
         try:
-            for result in self.recognizer.steps(source, prompt=prompt, tasks=names):
+            for result in self.recognizer.steps(source, prompt=prompt, tasks=names, options=options):
                 if result["pending"]:
                     yield result
                     continue
                 logged = self.log.log_prediction(self._rows(result, origin, session_id))
                 result["logged"] = logged.durable  # False: answered, but held in memory until the journal can take it
                 yield result
+        except BadRequest as exc:  # a task's options it cannot run: said before the photo is read
+            raise RequestRejected(str(exc)) from None
         finally:
             if disposable and not session_id:  # a caller without a session cannot delete it later: it goes now
                 self.uploads.release(str(source), holder)
 
     def predict(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
                 origin: str = "api", session_id: str | None = None, caller: Caller | None = None,
-                disposable: bool = False) -> dict:
+                disposable: bool = False, options: dict | None = None) -> dict:
         """The complete result for one image, logged."""
         *_, result = self.predict_steps(source, prompt=prompt, tasks=tasks, origin=origin, session_id=session_id,
-                                        caller=caller, disposable=disposable)
+                                        caller=caller, disposable=disposable, options=options)
         return result
 
     def _check(self, prompt: str | None, names: Sequence[str] | None, caller: Caller | None) -> tuple[str, ...]:

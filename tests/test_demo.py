@@ -102,7 +102,8 @@ def test_plain_http_callers_written_before_tasks_existed_still_work(server):
         uploaded = http.post(f"{url}gradio_api/upload", files={"files": ("cat.jpg", PHOTO.read_bytes())}).json()
         photo = {"path": uploaded[0], "meta": {"_type": "gradio.FileData"}, "orig_name": "cat.jpg"}
         for data, tasks_run in (([photo, None], {"classify", "caption"}), ([photo], {"classify", "caption"}),
-                                ([photo, None, ["explain"]], {"classify", "explain"})):
+                                ([photo, None, ["explain"]], {"classify", "explain"}),
+                                ([photo, None, ["caption"], {"caption": {}}], {"caption"})):
             event = http.post(f"{url}gradio_api/call/predict", json={"data": data}).json()["event_id"]
             body = http.get(f"{url}gradio_api/call/predict/{event}").text
             assert "event: complete" in body, (len(data), body[:300])
@@ -115,6 +116,10 @@ def test_an_unknown_task_is_refused_with_a_sentence(client):
         client.predict(handle_file(str(PHOTO)), None, ["classify", "detect-all-the-things"], api_name="/predict")
     message = str(caught.value)
     assert "detect-all-the-things" in message and "classify, caption, explain" in message, message
+    with pytest.raises(Exception, match="no task 'detect-x'"):
+        client.predict(handle_file(str(PHOTO)), None, None, {"detect-x": {"threshold": 0.3}}, api_name="/predict")
+    with pytest.raises(Exception, match="dict from task names"):
+        client.predict(handle_file(str(PHOTO)), None, None, ["not", "a", "dict"], api_name="/predict")
     assert client.predict(handle_file(str(PHOTO)), api_name="/predict")["labels"]  # and the server is still there
 
 

@@ -169,3 +169,13 @@ def test_a_task_payload_is_what_the_task_returned_plus_its_model(recognizer):
     result = recognizer.recognize(PHOTO)
     payload = dict(result["outputs"]["classify"])
     assert payload.pop("model") and payload == direct
+
+
+def test_options_must_name_tasks_and_be_dicts_before_the_photo_is_read(recognizer, tmp_path):
+    missing = tmp_path / "never-read.jpg"
+    for options, sentence in (({"nope": {}}, "no task 'nope'"), ("threshold=0.3", "dict from task names"),
+                              ({"classify": 3}, "options of classify must be a dict")):
+        with pytest.raises(tasks.BadRequest, match=sentence):
+            recognizer.recognize(missing, options=options)
+    # options for a task that exists but was not asked are carried and ignored
+    assert recognizer.recognize(PHOTO, tasks=["classify"], options={"caption": {}})["labels"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from pipelines.tasks.base import Request, Task, UnknownTask
+from pipelines.tasks.base import BadRequest, Request, Task, UnknownTask
 from pipelines.tasks.caption import Caption, Captioner
 from pipelines.tasks.classify import Classifier, Classify
 from pipelines.tasks.explain import ExplainTask
@@ -14,7 +14,7 @@ from pipelines.tasks.explain import ExplainTask
 REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Classify, Caption, ExplainTask)}
 DEFAULT_TASKS: tuple[str, ...] = ("classify", "caption")  # a request that names none: as before tasks existed
 
-__all__ = ["REGISTRY", "DEFAULT_TASKS", "Request", "Task", "UnknownTask", "resolve", "build"]
+__all__ = ["REGISTRY", "DEFAULT_TASKS", "BadRequest", "Request", "Task", "UnknownTask", "resolve", "build"]
 
 
 def resolve(names: Iterable[str] | None) -> tuple[str, ...]:

@@ -10,7 +10,11 @@ from PIL import Image
 from pipelines.models import LazyModel
 
 
-class UnknownTask(ValueError):
+class BadRequest(ValueError):
+    """A request a task cannot run, with one sentence saying why."""
+
+
+class UnknownTask(BadRequest):
     """A request named a task that does not exist."""
 
 
@@ -44,6 +48,9 @@ class Task:
 
     def __init__(self, model: LazyModel):
         self.model = model
+
+    def check(self, request: Request) -> None:
+        """Raise BadRequest with a sentence when the request's options for this task cannot be run (before intake)."""
 
     def params(self, request: Request, done: Mapping[str, dict]) -> Hashable:
         """What besides the photo and the model version changes the payload: part of the cache key."""
