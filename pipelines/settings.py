@@ -67,7 +67,7 @@ class Settings:
         "that keeps the fidelity bounds on this machine.", choices=("auto", "fp32", "bf16", "int8"))
     threads: int = setting(0, "Torch intra-op threads; 0 means one per CPU this process may use (affinity and container quota).")
     caption_max_tokens: int = setting(30, "Most new tokens a caption may have.")
-    detector: str = setting("ustc-community/dfine-nano-coco",
+    detector: str = setting("ustc-community/dfine-small-coco",
         "Object-detection model for the detect task: a Hugging Face id or a local folder.", cli=True)
     detector_revision: str = setting("",
         "Hub revision of the detector; empty means the pinned revision for a default model, else main.")

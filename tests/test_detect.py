@@ -1,4 +1,4 @@
-"""The detect task on a tiny RT-DETR: boxes in the photo as the visitor sees it, the threshold, the registry, the cache."""
+"""The detect task on a tiny RT-DETR: boxes in the photo as the visitor sees it, threshold, registry, cache."""
 
 from __future__ import annotations
 
@@ -206,6 +206,9 @@ def test_the_default_detector_is_pinned_and_the_settings_name_it():
     other = tasks.build(default.replace(detector="someone/else"))["detect"].model
     assert other._asked_revision is None  # a pin belongs to its model only
     assert detect_module.revision_for(detect_module.DEFAULT_DETECTOR, "v2") == "v2"  # the setting wins
+    nano = "ustc-community/dfine-nano-coco"  # the lighter choice for a slower CPU is pinned too
+    assert tasks.build(default.replace(detector=nano))["detect"].model._asked_revision == (
+        "066438d3d8f0da137a37b38fdf3368fd4afceced")
     env = settings.from_env({"IMAGEREC_DETECTOR": "a/b", "IMAGEREC_DETECT_THRESHOLD": "0.3"})
     assert (env.detector, env.detect_threshold) == ("a/b", 0.3)
     assert settings.BY_NAME["detector"].cli and settings.BY_NAME["detector"].flag == "--detector"
@@ -230,3 +233,23 @@ def test_the_recognizer_runs_detect_and_caches_it_by_threshold(detector, monkeyp
     assert run["cached"] and len(calls) == 2
     _, run = recognizer._run(task, intake.sha256, intake.image, Request(), {})
     assert run["cached"]  # the setting's threshold: the first recognize's entry
+
+
+@pytest.mark.parametrize("mode", ["auto", "bf16", "int8"])
+def test_every_precision_mode_runs_and_auto_keeps_a_detector_in_fp32(tiny_detector_dir, mode):
+    model = Detector(tiny_detector_dir, device="cpu", precision=mode).load()
+    assert model.precision == ("fp32" if mode == "auto" else mode)  # a convolutional detector: int8 gains nothing
+    boxes = model(Image.new("RGB", (120, 90), "gray"), threshold=0.0)
+    assert boxes and all(isinstance(b["score"], float) and len(b["box"]) == 4 for b in boxes)
+
+
+def test_the_share_of_linear_work_is_measured_where_it_can_be_and_else_taken_as_convolutional(tmp_path):
+    from devtools.standins import detector_config
+
+    shares = {}
+    for name in ("rtdetr_r18vd", "dfine_s_coco"):
+        folder = tmp_path / name
+        detector_config(name).save_pretrained(folder)  # the config alone: the share is counted on the meta device
+        shares[name] = Detector(folder)._linear_share(str(folder), {})
+    assert 0.05 < shares["rtdetr_r18vd"] < 0.5  # measured: its ResNet does most of the work
+    assert shares["dfine_s_coco"] == 0.0  # D-FINE cannot run on the meta device: fp32 on auto, not int8
