@@ -67,12 +67,15 @@ def main(argv=None) -> None:
     result["load_after"] = load_average()
     for name, detector in detectors.items():
         params = sum(p.numel() for p in detector.model.parameters())
+        weights_mb = (standin(name) / "model.safetensors").stat().st_size / 1e6  # fp32, as the hub's files
         result["models"][name] = {"hub_id": DETECTORS[name], "params_m": round(params / 1e6, 2),
+                                  "weights_mb": round(weights_mb, 1),
                                   "ms": summary(times[name]), "published": PUBLISHED[name]}
     print(json.dumps(result, indent=1))
-    rows = [[n, m["hub_id"], m["params_m"], m["ms"]["median"], m["ms"]["p90"], m["published"]["ap"]]
+    rows = [[n, m["hub_id"], m["params_m"], m["weights_mb"], m["ms"]["median"], m["ms"]["p90"], m["published"]["ap"]]
             for n, m in result["models"].items()]
-    print(md_table(["stand-in", "hub id", "params (M)", "ms (median)", "ms (p90)", "COCO AP (published)"], rows))
+    print(md_table(["stand-in", "hub id", "params (M)", "weights (MB)", "ms (median)", "ms (p90)",
+                    "COCO AP (published)"], rows))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "detect.json").write_text(json.dumps(result, indent=1))
 
