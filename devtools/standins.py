@@ -148,3 +148,82 @@ def make_tiny_captioner(path: str | Path, seed: int = 0) -> Path:
 def make_standin_captioner(path: str | Path, seed: int = 0) -> Path:
     """Save a random-weight BLIP base at 384 with a 30524-token vocab: the shape of blip-image-captioning-base."""
     return _save_captioner(Path(path), _bert_base_like_vocab(), {}, {}, 384, seed)
+
+
+# Small object detectors, as their Hugging Face conversion scripts configure them (transformers'
+# convert_rt_detr_v2_weights_to_hf.py and convert_d_fine_original_pytorch_checkpoint_to_hf.py): name -> hub id.
+DETECTORS = {
+    "rtdetr_r18vd": "PekingU/rtdetr_r18vd",
+    "rtdetr_v2_r18vd": "PekingU/rtdetr_v2_r18vd",
+    "dfine_n_coco": "ustc-community/dfine-nano-coco",
+    "dfine_s_coco": "ustc-community/dfine-small-coco",
+}
+TINY_DETECTOR_LABELS = ("person", "bicycle", "car", "cat", "dog")
+
+
+def detector_config(name: str, num_labels: int = 80):
+    """The config of one of DETECTORS (COCO's 80 classes, named "class i"), built offline."""
+    from transformers import DFineConfig, RTDetrConfig, RTDetrV2Config
+
+    if name.startswith("rtdetr"):
+        config = (RTDetrV2Config if "_v2_" in name else RTDetrConfig)()
+        backbone = config.backbone_config
+        backbone.hidden_sizes, backbone.depths, backbone.layer_type = [64, 128, 256, 512], [2, 2, 2, 2], "basic"
+        config.encoder_in_channels, config.hidden_expansion, config.decoder_layers = [128, 256, 512], 0.5, 3
+    elif name in ("dfine_n_coco", "dfine_s_coco"):
+        config = DFineConfig()
+        backbone = config.backbone_config
+        backbone.layer_type, backbone.embedding_size = "basic", 32
+        backbone.hidden_sizes, backbone.stem_channels = [128, 256, 512, 1024], [3, 16, 16]
+        backbone.stage_in_channels, backbone.stage_mid_channels = [16, 64, 256, 512], [16, 32, 64, 128]
+        backbone.stage_out_channels, backbone.stage_num_blocks = [64, 256, 512, 1024], [1, 1, 2, 1]
+        backbone.stage_downsample, backbone.stage_light_block = [False, True, True, True], [False, False, True, True]
+        backbone.stage_kernel_size, backbone.stage_numb_of_layers = [3, 3, 5, 5], [3, 3, 3, 3]
+        backbone.use_learnable_affine_block = True
+        if name == "dfine_n_coco":  # HGNetV2-B0, two feature levels, a 128-wide encoder and decoder
+            backbone.out_indices = [3, 4]
+            config.num_feature_levels, config.encoder_ffn_dim, config.encode_proj_layers = 2, 512, [1]
+            config.d_model = config.encoder_hidden_dim = 128
+            config.decoder_ffn_dim, config.encoder_in_channels = 512, [512, 1024]
+            config.decoder_n_points, config.decoder_in_channels, config.feat_strides = [6, 6], [128, 128], [16, 32]
+            config.depth_mult, config.decoder_layers, config.hidden_expansion = 0.5, 3, 0.34
+            config.head_dim = config.d_model // config.decoder_attention_heads  # derived at init, from d_model 256
+        else:  # HGNetV2-B0, three levels
+            config.decoder_layers, config.hidden_expansion, config.depth_mult = 3, 0.5, 0.34
+            config.decoder_n_points, config.encoder_in_channels = [3, 6, 3], [256, 512, 1024]
+    else:
+        raise ValueError(f"no stand-in detector {name!r}; the stand-ins are {', '.join(DETECTORS)}")
+    labels = {i: f"class {i}" for i in range(num_labels)}
+    config.id2label, config.label2id = labels, {v: k for k, v in labels.items()}
+    return config
+
+
+def _save_detector(path: Path, config, image_size: int, seed: int) -> Path:
+    from transformers import AutoModelForObjectDetection
+
+    path.mkdir(parents=True, exist_ok=True)
+    _seeded(seed)
+    AutoModelForObjectDetection.from_config(config).eval().save_pretrained(path)
+    # RT-DETR's and D-FINE's processor: a plain resize to the square input, pixels rescaled to 0..1, no normalising
+    _image_processor("RTDetrImageProcessor", image_size, do_normalize=False).save_pretrained(path)
+    return path
+
+
+def make_tiny_detector(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random RT-DETR (ResNet backbone, one decoder layer, 20 queries) and its processor to path."""
+    from transformers import RTDetrConfig, RTDetrResNetConfig
+
+    labels = dict(enumerate(TINY_DETECTOR_LABELS))
+    backbone = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                                  layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+    config = RTDetrConfig(backbone_config=backbone, encoder_in_channels=[16, 32, 64], encoder_hidden_dim=16,
+                          encoder_ffn_dim=32, encoder_attention_heads=2, d_model=16, decoder_in_channels=[16, 16, 16],
+                          decoder_ffn_dim=32, decoder_attention_heads=2, decoder_layers=1, num_queries=20,
+                          num_denoising=0, hidden_expansion=0.5, id2label=labels,
+                          label2id={v: k for k, v in labels.items()})
+    return _save_detector(Path(path), config, 128, seed)  # 128: a box found at the input is within 1/128 of the photo
+
+
+def make_standin_detector(path: str | Path, name: str = "dfine_n_coco", seed: int = 0) -> Path:
+    """Save a random-weight detector at 640 with COCO's 80 classes: the shape of DETECTORS[name]."""
+    return _save_detector(Path(path), detector_config(name), 640, seed)

@@ -67,6 +67,12 @@ class Settings:
         "that keeps the fidelity bounds on this machine.", choices=("auto", "fp32", "bf16", "int8"))
     threads: int = setting(0, "Torch intra-op threads; 0 means one per CPU this process may use (affinity and container quota).")
     caption_max_tokens: int = setting(30, "Most new tokens a caption may have.")
+    detector: str = setting("ustc-community/dfine-small-coco",
+        "Object-detection model for the detect task: a Hugging Face id or a local folder.", cli=True)
+    detector_revision: str = setting("",
+        "Hub revision of the detector; empty means the pinned revision for a default model, else main.")
+    detect_threshold: float = setting(0.5, "Lowest score a detected box needs to be shown, from 0 to 1; a request "
+        "may set its own.")
     top_k: int = setting(5, "How many labels the classifier returns.")
     db: str = setting(str(DEFAULT_DB), "Path of the DuckDB log file.", cli=True)
     max_upload_mb: float = setting(20.0, "Largest upload accepted, in megabytes.")

@@ -69,3 +69,11 @@ def pytest_configure(config):
 
 # One Chromium for the whole run: a second Playwright instance in the same thread cannot start.
 from tests.browser import browser  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_dir(tmp_path_factory) -> Path:
+    """A saved tiny random RT-DETR detector folder, loadable with Detector(path)."""
+    from devtools.standins import make_tiny_detector
+
+    return make_tiny_detector(tmp_path_factory.mktemp("models") / "tiny-rtdetr")

@@ -7,11 +7,12 @@ from typing import Iterable
 from pipelines.tasks.base import BadRequest, Request, Task, UnknownTask
 from pipelines.tasks.caption import Caption, Captioner
 from pipelines.tasks.classify import Classifier, Classify
+from pipelines.tasks.detect import Detect, Detector
 from pipelines.tasks.explain import ExplainTask
 
 # In the order they run: a task after the ones it needs, the quick classifier first so the page shows labels while
-# the caption is written, and the optional explanation (a backward pass) last.
-REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Classify, Caption, ExplainTask)}
+# the caption is written, the optional explanation (a backward pass), then the optional detection.
+REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Classify, Caption, ExplainTask, Detect)}
 DEFAULT_TASKS: tuple[str, ...] = ("classify", "caption")  # a request that names none: as before tasks existed
 
 __all__ = ["REGISTRY", "DEFAULT_TASKS", "BadRequest", "Request", "Task", "UnknownTask", "resolve", "build"]
@@ -36,5 +37,7 @@ def build(config) -> dict[str, Task]:
                                  device=config.device, top_k=config.top_k, precision=config.precision),
         "captioner": Captioner(config.captioner, revision=config.captioner_revision or None, device=config.device,
                                max_new_tokens=config.caption_max_tokens, precision=config.precision),
+        "detector": Detector(config.detector, revision=detect.revision_for(config.detector, config.detector_revision),
+                             device=config.device, threshold=config.detect_threshold, precision=config.precision),
     }
     return {name: task(models[task.role]) for name, task in REGISTRY.items()}

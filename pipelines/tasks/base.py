@@ -25,10 +25,17 @@ class Request:
     prompt: str | None = None  # caption: the start of the caption (BLIP conditional captioning)
     top_k: int | None = None  # classify: how many labels; None means the setting
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # task name -> its options
+    # The photo's (width, height) as the visitor sees it (intake's width and height): the image handed to the tasks
+    # may be a reduced decode of it, and a task that answers in pixels (detect's boxes) answers in this frame.
+    size: tuple[int, int] | None = None
 
     def of(self, task: str) -> Mapping[str, Any]:
         """The options given for one task (empty when none)."""
         return self.options.get(task) or {}
+
+    def frame(self, image: Image.Image) -> tuple[int, int]:
+        """The (width, height) of the photo as the visitor sees it: size when given, else the image's own."""
+        return tuple(self.size) if self.size else image.size
 
 
 class Task:
