@@ -67,6 +67,13 @@ class Settings:
         "that keeps the fidelity bounds on this machine.", choices=("auto", "fp32", "bf16", "int8"))
     threads: int = setting(0, "Torch intra-op threads; 0 means one per CPU this process may use (affinity and container quota).")
     caption_max_tokens: int = setting(30, "Most new tokens a caption may have.")
+    zero_shot_model: str = setting("google/siglip2-base-patch16-224",
+        "Zero-shot image-classification model (CLIP, SigLIP or SigLIP 2): a Hugging Face id or a local folder.",
+        cli=True)
+    zero_shot_model_revision: str = setting("",
+        "Hub revision of the zero-shot model; empty means the pinned revision for the default model, else main.")
+    zero_shot_labels: str = setting("", "Comma-separated labels the zero_shot task scores when a request gives "
+        "none (for example a shop's product categories); empty means a request must give its own.")
     top_k: int = setting(5, "How many labels the classifier returns.")
     db: str = setting(str(DEFAULT_DB), "Path of the DuckDB log file.", cli=True)
     max_upload_mb: float = setting(20.0, "Largest upload accepted, in megabytes.")

@@ -8,10 +8,12 @@ from pipelines.tasks.base import Request, Task, UnknownTask
 from pipelines.tasks.caption import Caption, Captioner
 from pipelines.tasks.classify import Classifier, Classify
 from pipelines.tasks.explain import ExplainTask
+from pipelines.tasks.zero_shot import ZeroShot, ZeroShotClassifier
 
 # In the order they run: a task after the ones it needs, the quick classifier first so the page shows labels while
-# the caption is written, and the optional explanation (a backward pass) last.
-REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Classify, Caption, ExplainTask)}
+# the caption is written, the optional explanation (a backward pass), then the visitor's own labels (appended, so the
+# order of the tasks before is as it was).
+REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Classify, Caption, ExplainTask, ZeroShot)}
 DEFAULT_TASKS: tuple[str, ...] = ("classify", "caption")  # a request that names none: as before tasks existed
 
 __all__ = ["REGISTRY", "DEFAULT_TASKS", "Request", "Task", "UnknownTask", "resolve", "build"]
@@ -36,5 +38,8 @@ def build(config) -> dict[str, Task]:
                                  device=config.device, top_k=config.top_k, precision=config.precision),
         "captioner": Captioner(config.captioner, revision=config.captioner_revision or None, device=config.device,
                                max_new_tokens=config.caption_max_tokens, precision=config.precision),
+        "zero_shot": ZeroShotClassifier(config.zero_shot_model, revision=config.zero_shot_model_revision or None,
+                                        device=config.device, precision=config.precision,
+                                        labels=config.zero_shot_labels),
     }
     return {name: task(models[task.role]) for name, task in REGISTRY.items()}
