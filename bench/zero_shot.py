@@ -72,6 +72,21 @@ def time_model(name: str, images, runs: int, precision: str) -> dict:
     return result
 
 
+def classify_ms(images, runs: int, precision: str) -> dict:
+    """ms of the default classify task (ViT-B/16 stand-in) on the same photos: the scale a zero-shot model adds to."""
+    from bench.explain import vit_standin
+    from pipelines.tasks.classify import Classifier
+
+    classifier = Classifier(vit_standin(), device="cpu", precision=precision).load()
+    classifier(images[0])
+    times = []
+    for image in images[:runs]:
+        start = time.perf_counter()
+        classifier(image)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"precision": classifier.precision, "classify_ms": summary(times)}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10, help="photos timed per model")
@@ -87,6 +102,7 @@ def main(argv=None) -> None:
               "models": {}}
     for name in args.models:
         result["models"][name] = {**PUBLISHED[name], **time_model(name, images, args.runs, args.precision)}
+    result["classifier"] = classify_ms(images, args.runs, args.precision)
     result["load_after"] = load_average()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"zero_shot-{args.precision}.json").write_text(json.dumps(result, indent=1))
@@ -98,6 +114,8 @@ def main(argv=None) -> None:
                      m["precision"],
                      m["repeated_label_set_ms"]["median"], m["new_label_set_ms"]["median"], m["imagenet_zero_shot"],
                      m["license"]] for m in result["models"].values()]))
+    print(f"For scale, the classify task (ViT-B/16 stand-in, {result['classifier']['precision']}) on the same photos: "
+          f"{result['classifier']['classify_ms']['median']} ms median.")
 
 
 if __name__ == "__main__":

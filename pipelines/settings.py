@@ -67,7 +67,7 @@ class Settings:
         "that keeps the fidelity bounds on this machine.", choices=("auto", "fp32", "bf16", "int8"))
     threads: int = setting(0, "Torch intra-op threads; 0 means one per CPU this process may use (affinity and container quota).")
     caption_max_tokens: int = setting(30, "Most new tokens a caption may have.")
-    zero_shot_model: str = setting("google/siglip2-base-patch16-224",
+    zero_shot_model: str = setting("google/siglip2-base-patch32-256",
         "Zero-shot image-classification model (CLIP, SigLIP or SigLIP 2): a Hugging Face id or a local folder.",
         cli=True)
     zero_shot_model_revision: str = setting("",
