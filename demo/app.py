@@ -60,8 +60,10 @@ def status_markdown(studio: Studio) -> str:
             lines.append(f"⚠️ **The {role} is not available.** {state['error']}")
         elif state["loaded"]:
             lines.append(f"✅ {role}: `{state['id']}`")
-        else:
+        elif state["warming"]:
             lines.append(f"⏳ {role}: loading `{state['id']}` …")
+        else:
+            lines.append(f"💤 {role}: `{state['id']}` loads when a photo first asks for it")
     return "  \n".join(lines)
 
 
@@ -135,7 +137,7 @@ def user_error(exc: Exception) -> gr.Error:
 def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Blocks:
     """Build the Blocks app over a studio (made from the settings when none is given)."""
     studio = studio or Studio.from_settings(config)
-    studio.warm_up()
+    studio.warm_up(page_tasks(config))
     # exports live in Gradio's cache folder, so the file served is this one and not a copy that outlives it
     studio.serve_exports_from(get_upload_folder())
 
@@ -144,7 +146,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         return in_upload_cache(path) and path not in photo.keep_in_cache and path not in api_photo.keep_in_cache
 
     def status() -> tuple[str, gr.Timer]:
-        settled = all(s["loaded"] or s["error"] for s in studio.model_status().values())
+        settled = all(s["loaded"] or s["error"] or not s["warming"] for s in studio.model_status().values())
         return status_markdown(studio), gr.Timer(active=not settled)
 
     def analyze(image: str | None, prompt: str, chosen: list[str], history: list[dict], request: gr.Request):

@@ -227,3 +227,101 @@ def make_tiny_detector(path: str | Path, seed: int = 0) -> Path:
 def make_standin_detector(path: str | Path, name: str = "dfine_n_coco", seed: int = 0) -> Path:
     """Save a random-weight detector at 640 with COCO's 80 classes: the shape of DETECTORS[name]."""
     return _save_detector(Path(path), detector_config(name), 640, seed)
+
+
+# Zero-shot models: a CLIP (softmax over the labels) and a SigLIP (a sigmoid per label). The SigLIP pairs a Gemma
+# tokenizer with SiglipModel, as the real SigLIP 2 fixed-resolution checkpoints do (SigLIP 1's own tokenizer needs
+# sentencepiece, which the project does not install).
+SIGLIP_TEXT_LENGTH = 64  # the pipeline pads SigLIP text to 64 tokens, as the models were trained
+
+
+def _clip_tokenizer(words: tuple[str, ...] = ()):
+    """A byte-level BPE CLIP tokenizer: every byte as a token, alone and word-final, and a few whole words."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
+    merges = []
+    for word in words:  # merge each word left to right, so common words are one token as in the real vocab
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            merges.append((parts[0], parts[1]))
+            parts = [parts[0] + parts[1], *parts[2:]]
+            tokens.append(parts[0])
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    return CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)))
+
+
+def _gemma_tokenizer():
+    """A Gemma-style tokenizer (SigLIP 2's): special tokens, "▁" word starts and single characters."""
+    from transformers import GemmaTokenizer
+
+    chars = list(string.ascii_letters + string.digits + string.punctuation)
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "▁", *chars, *("▁" + c for c in chars)]
+    return GemmaTokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(tokens))}, merges=[])
+
+
+def _save_zero_shot(path: Path, kind: str, text: dict, vision: dict, image_size: int, seed: int,
+                    tokenizer=None, **config_kwargs) -> Path:
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    path.mkdir(parents=True, exist_ok=True)
+    pil = "" if is_torchvision_available() else "Pil"
+    if kind == "clip":
+        tokenizer = tokenizer or _clip_tokenizer(tuple(TINY_WORDS))
+        text = {**text, "vocab_size": max(len(tokenizer), text.get("vocab_size", 0)),
+                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.pad_token_id}
+        config = transformers.CLIPConfig(text_config=text, vision_config=vision, **config_kwargs)
+        model_cls, processor_cls = transformers.CLIPModel, transformers.CLIPProcessor
+        images = getattr(transformers, "CLIPImageProcessor" + pil)(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    elif kind == "siglip":
+        tokenizer = tokenizer or _gemma_tokenizer()
+        text = {**text, "vocab_size": max(len(tokenizer), text.get("vocab_size", 0)),
+                "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id}
+        config = transformers.SiglipConfig(text_config=text, vision_config=vision, **config_kwargs)
+        model_cls, processor_cls = transformers.SiglipModel, transformers.SiglipProcessor
+        images = getattr(transformers, "SiglipImageProcessor" + pil)(size={"height": image_size, "width": image_size})
+    else:
+        raise ValueError(f"unknown zero-shot kind {kind!r}; expected 'clip' or 'siglip'")
+    _seeded(seed)
+    model = model_cls(config).eval()
+    if kind == "siglip":
+        with torch.no_grad():  # random init leaves scale and bias at 0: sigmoids all near 0.5, nothing to tell apart
+            model.logit_scale.fill_(2.3)
+            model.logit_bias.fill_(-1.0)
+    model.save_pretrained(path)
+    processor_cls(image_processor=images, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def make_tiny_zero_shot(path: str | Path, kind: str = "clip", seed: int = 0) -> Path:
+    """Save a tiny random CLIP or SigLIP (kind) with its processor to path, for zero-shot classification."""
+    layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    text = {**layers, "max_position_embeddings": SIGLIP_TEXT_LENGTH if kind == "siglip" else 77}
+    vision = {**layers, "image_size": 32, "patch_size": 8}
+    extra = {"projection_dim": 16} if kind == "clip" else {}
+    return _save_zero_shot(Path(path), kind, text, vision, 32, seed, **extra)
+
+
+# Real configurations (hub config.json and the transformers defaults they match), for timing with random weights.
+ZERO_SHOT_STANDINS = {
+    # openai/clip-vit-base-patch32: ViT-B/32 at 224, 12-layer 512-wide text tower, 49408 BPE tokens
+    "clip-vit-base-patch32": ("clip", {"vocab_size": 49408}, {"patch_size": 32, "image_size": 224}, 224),
+    # google/siglip-base-patch16-224: ViT-B/16 at 224 (196 patches), 32000-token text tower
+    "siglip-base-patch16-224": ("siglip", {"vocab_size": 32000}, {"patch_size": 16, "image_size": 224}, 224),
+    # google/siglip2-base-patch16-224: the same towers with Gemma's 256000-token vocabulary
+    "siglip2-base-patch16-224": ("siglip", {"vocab_size": 256000}, {"patch_size": 16, "image_size": 224}, 224),
+    # google/siglip2-base-patch32-256: ViT-B/32 at 256 (64 patches), Gemma vocabulary
+    "siglip2-base-patch32-256": ("siglip", {"vocab_size": 256000}, {"patch_size": 32, "image_size": 256}, 256),
+}
+
+
+def make_standin_zero_shot(path: str | Path, name: str, seed: int = 0) -> Path:
+    """Save a random-weight zero-shot model with the shape of a real checkpoint (ZERO_SHOT_STANDINS) to path."""
+    kind, text, vision, size = ZERO_SHOT_STANDINS[name]
+    return _save_zero_shot(Path(path), kind, text, vision, size, seed)

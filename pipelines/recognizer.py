@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -95,6 +96,8 @@ class Recognizer:
 
         t = time.perf_counter()
         intake = load_image(source, self.limits)
+        # tasks that answer in pixels answer in the photo the visitor sees, not in a reduced decode of it
+        request = dataclasses.replace(request, size=(intake.width, intake.height))
         outputs: dict[str, dict] = {}
         result = {
             "id": new_id(),

@@ -73,6 +73,13 @@ class Settings:
         "Hub revision of the detector; empty means the pinned revision for a default model, else main.")
     detect_threshold: float = setting(0.5, "Lowest score a detected box needs to be shown, from 0 to 1; a request "
         "may set its own.")
+    zero_shot_model: str = setting("google/siglip2-base-patch32-256",
+        "Zero-shot image-classification model (CLIP, SigLIP or SigLIP 2): a Hugging Face id or a local folder.",
+        cli=True)
+    zero_shot_model_revision: str = setting("",
+        "Hub revision of the zero-shot model; empty means the pinned revision for the default model, else main.")
+    zero_shot_labels: str = setting("", "Comma-separated labels the zero_shot task scores when a request gives "
+        "none (for example a shop's product categories); empty means a request must give its own.")
     top_k: int = setting(5, "How many labels the classifier returns.")
     db: str = setting(str(DEFAULT_DB), "Path of the DuckDB log file.", cli=True)
     max_upload_mb: float = setting(20.0, "Largest upload accepted, in megabytes.")

@@ -58,6 +58,7 @@ class Studio:
         self.exports: ExportShelf | None = None  # where admin exports are served from, once a face says
         self.after_delete: list[Callable[[], Any]] = []  # run when rows went, e.g. to drop exports holding them
         self._stop = threading.Event()
+        self._warming: set[str] = set()  # the roles whose models load at start; the others load when first asked
         if recognizer.store and log.replayed_images:  # finish image deletions a kill cut short
             recognizer.store.delete(log.replayed_images)
         if retention_days > 0:
@@ -74,10 +75,18 @@ class Studio:
         return cls(recognizer, log, Access.from_settings(config), config.retention_days)
 
     # -- models ----------------------------------------------------------------------------------------------
-    def warm_up(self, background: bool = True) -> threading.Thread | None:
-        """Load every model now, so the first visitor does not wait for it."""
+    def warm_up(self, task_names: Sequence[str] | None = None, background: bool = True) -> threading.Thread | None:
+        """Load the models of these tasks now (the default ones when none are named), so no visitor waits for them.
+
+        Any other task's model loads when a request first asks for it: a detector or a zero-shot model a site never
+        uses costs no download and no memory.
+        """
+        roles = {self.recognizer.tasks[name].role for name in tasks.resolve(task_names)}
+        models = [model for role, model in self.recognizer.model_roles.items() if role in roles]
+        self._warming.update(roles)
+
         def load() -> None:
-            for model in self.recognizer.model_roles.values():
+            for model in models:
                 try:
                     model.load()
                 except Exception:
@@ -90,8 +99,9 @@ class Studio:
         return thread
 
     def model_status(self) -> dict[str, dict[str, Any]]:
-        """For each model: its id, whether it is loaded, and the load error if any."""
-        return {role: {"id": model.model_id, "loaded": model.loaded, "error": model.error}
+        """For each model: its id, whether it is loaded or being loaded now, and the load error if any."""
+        return {role: {"id": model.model_id, "loaded": model.loaded, "error": model.error,
+                       "warming": role in self._warming}
                 for role, model in self.recognizer.model_roles.items()}
 
     def labels(self) -> list[str]:
@@ -237,7 +247,9 @@ class Studio:
     def admin_reload(self, caller: Caller | None, token: str | None) -> dict:
         """Try again to load the models that failed (the hub is back, a folder was fixed)."""
         self.check_admin(caller, token)
-        for model in self.recognizer.model_roles.values():
+        for role, model in self.recognizer.model_roles.items():
+            if not (model.error or role in self._warming):
+                continue  # never asked for: it loads when a request first needs it
             try:
                 model.load(retry=True)
             except ModelLoadError:

@@ -77,3 +77,19 @@ def tiny_detector_dir(tmp_path_factory) -> Path:
     from devtools.standins import make_tiny_detector
 
     return make_tiny_detector(tmp_path_factory.mktemp("models") / "tiny-rtdetr")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A saved tiny random CLIP (softmax over the labels) with its processor, loadable with ZeroShotClassifier."""
+    from devtools.standins import make_tiny_zero_shot
+
+    return make_tiny_zero_shot(tmp_path_factory.mktemp("models") / "tiny-clip", "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory) -> Path:
+    """A saved tiny random SigLIP (a sigmoid per label, Gemma tokenizer as SigLIP 2), loadable the same way."""
+    from devtools.standins import make_tiny_zero_shot
+
+    return make_tiny_zero_shot(tmp_path_factory.mktemp("models") / "tiny-siglip", "siglip")

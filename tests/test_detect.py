@@ -15,7 +15,7 @@ from devtools.standins import TINY_DETECTOR_LABELS
 from pipelines import settings, tasks
 from pipelines.intake import Limits, load_image
 from pipelines.recognizer import Recognizer
-from pipelines.tasks import Request
+from pipelines.tasks import BadRequest, Request
 from pipelines.tasks import detect as detect_module
 from pipelines.tasks.detect import Detect, Detector, check_threshold
 
@@ -134,8 +134,6 @@ def test_boxes_from_a_reduced_decode_come_back_in_the_full_size_photo(detector, 
     assert small["box"][2] < 0.6 * box["box"][2]
 
 
-@pytest.mark.xfail(strict=True, reason="the recognizer does not pass intake's width and height to the tasks yet "
-                                       "(Request(size=...)); once it does, drop this mark")
 def test_the_recognizer_gives_boxes_of_a_large_jpeg_in_the_full_size_photo(detector, tmp_path, monkeypatch):
     path = _photo(tmp_path / "large.jpg", (3200, 2400), (800, 400, 1600, 1200))
     monkeypatch.setattr(detector, "_forward", _bright_box)
@@ -223,16 +221,15 @@ def test_the_recognizer_runs_detect_and_caches_it_by_threshold(detector, monkeyp
     assert payload["model"] == detector.version and [b["label"] for b in payload["boxes"]] == ["person", "bicycle"]
     assert first["labels"] is None and first["caption"] is None and set(first["outputs"]) == {"detect"}
     assert recognizer.recognize(PHOTO, tasks=["detect"])["cached"] and len(calls) == 1
-    # the recognizer's cache step with per-task options, as a face passing them will reach it
-    intake = load_image(PHOTO)
-    task = recognizer.tasks["detect"]
-    lower = Request(options={"detect": {"threshold": 0.2}})
-    payload, run = recognizer._run(task, intake.sha256, intake.image, lower, {})
-    assert not run["cached"] and len(payload["boxes"]) == 3 and len(calls) == 2
-    _, run = recognizer._run(task, intake.sha256, intake.image, lower, {})
-    assert run["cached"] and len(calls) == 2
-    _, run = recognizer._run(task, intake.sha256, intake.image, Request(), {})
-    assert run["cached"]  # the setting's threshold: the first recognize's entry
+    # a request's own threshold: another cache entry, then served from it
+    lower = {"detect": {"threshold": 0.2}}
+    again = recognizer.recognize(PHOTO, tasks=["detect"], options=lower)
+    assert not again["cached"] and len(again["outputs"]["detect"]["boxes"]) == 3 and len(calls) == 2
+    assert recognizer.recognize(PHOTO, tasks=["detect"], options=lower)["cached"] and len(calls) == 2
+    assert recognizer.recognize(PHOTO, tasks=["detect"])["cached"]  # the setting's threshold: the first entry
+    with pytest.raises(BadRequest, match="threshold must be a number from 0 to 1"):
+        recognizer.recognize(PHOTO, tasks=["detect"], options={"detect": {"threshold": 7}})
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("mode", ["auto", "bf16", "int8"])

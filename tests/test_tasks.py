@@ -36,7 +36,7 @@ def test_the_registry_resolves_names_with_what_they_need_in_run_order():
     assert tasks.resolve(["caption"]) == ("caption",)
     assert tasks.resolve(["explain"]) == ("classify", "explain")  # explain reads the classifier's top label
     assert tasks.resolve(["explain", "caption", "classify"]) == ("classify", "caption", "explain")
-    with pytest.raises(tasks.UnknownTask, match="no task 'segment'.*classify, caption, explain, detect"):
+    with pytest.raises(tasks.UnknownTask, match="no task 'segment'.*classify, zero_shot, detect, caption, explain"):
         tasks.resolve(["classify", "segment"])
 
 
@@ -45,7 +45,7 @@ def test_every_task_declares_its_name_model_settings_and_output():
 
     for name, task in tasks.REGISTRY.items():
         assert task.name == name
-        assert task.role in ("classifier", "captioner", "detector")
+        assert task.role in ("classifier", "captioner", "detector", "zero_shot")
         assert "@" in task.default_model  # pinned: a fresh install gets the same weights
         assert task.output and all(isinstance(v, str) for v in task.output.values())
         assert set(task.settings) <= set(BY_NAME), f"{name} reads settings that do not exist"

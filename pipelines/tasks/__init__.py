@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from pipelines.tasks import detect
 from pipelines.tasks.base import BadRequest, Request, Task, UnknownTask
 from pipelines.tasks.caption import Caption, Captioner
 from pipelines.tasks.classify import Classifier, Classify
 from pipelines.tasks.detect import Detect, Detector
 from pipelines.tasks.explain import ExplainTask
+from pipelines.tasks.zero_shot import ZeroShot, ZeroShotClassifier
 
-# In the order they run: a task after the ones it needs, the quick classifier first so the page shows labels while
-# the caption is written, the optional explanation (a backward pass), then the optional detection.
-REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Classify, Caption, ExplainTask, Detect)}
+# In the order they run: a task after the ones it needs, the quick ones first so the page shows each answer while the
+# slower are computed: labels, the visitor's own labels, objects, the caption, and the heatmap (a backward pass).
+REGISTRY: dict[str, type[Task]] = {task.name: task
+                                   for task in (Classify, ZeroShot, Detect, Caption, ExplainTask)}
 DEFAULT_TASKS: tuple[str, ...] = ("classify", "caption")  # a request that names none: as before tasks existed
 
 __all__ = ["REGISTRY", "DEFAULT_TASKS", "BadRequest", "Request", "Task", "UnknownTask", "resolve", "build"]
@@ -39,5 +42,8 @@ def build(config) -> dict[str, Task]:
                                max_new_tokens=config.caption_max_tokens, precision=config.precision),
         "detector": Detector(config.detector, revision=detect.revision_for(config.detector, config.detector_revision),
                              device=config.device, threshold=config.detect_threshold, precision=config.precision),
+        "zero_shot": ZeroShotClassifier(config.zero_shot_model, revision=config.zero_shot_model_revision or None,
+                                        device=config.device, precision=config.precision,
+                                        labels=config.zero_shot_labels),
     }
     return {name: task(models[task.role]) for name, task in REGISTRY.items()}
