@@ -12,6 +12,12 @@ from typing import Any
 Rows = dict[str, Any]  # {"prediction": {...}, "outputs": [{...}, ...], "versions": [{...}, ...]}
 
 
+def _version_of(model_id: str, revision: str | None) -> str:
+    from pipelines.models import version_of  # only when needed: importing it imports torch
+
+    return version_of(model_id, revision)
+
+
 def _when(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
@@ -40,8 +46,6 @@ def prediction_rows(result: dict, source: str, session_id: str | None = None) ->
         "session_id": session_id,
         "image_file": result.get("image_file"),
     }
-    from pipelines.models import version_of  # here: the log's readers need not import torch
-
     runs = result.get("runs") or {}
     outputs, versions = [], {}
     for task, payload in (result.get("outputs") or {}).items():
@@ -49,7 +53,7 @@ def prediction_rows(result: dict, source: str, session_id: str | None = None) ->
             continue
         run = runs.get(task) or {}
         model_id = run.get("model_id")
-        version = payload.get("model") or run.get("model") or (version_of(model_id, run.get("revision"))
+        version = payload.get("model") or run.get("model") or (_version_of(model_id, run.get("revision"))
                                                                if model_id else None)
         ms = run.get("ms")
         outputs.append({"prediction_id": result["id"], "task": task, "model_version": version,
@@ -65,15 +69,13 @@ def from_v2_row(row: dict) -> Rows:
     """A schema-2 `predictions` row (the wide shape) as the rows schema 3 logs; the migration's rule, in Python."""
     prediction = {c: row.get(c) for c in ("id", "created_at", "image_sha256", "width", "height", "intake_ms",
                                           "total_ms", "cached", "source", "session_id", "image_file")}
-    from pipelines.models import version_of
-
     prediction["created_at"] = _when(prediction["created_at"])
     outputs, versions = [], {}
 
     def version(model: str | None, revision: str | None) -> str | None:
         if not model:
             return None
-        v = version_of(model, revision)
+        v = _version_of(model, revision)
         versions.setdefault(v, {"version": v, "model": model, "revision": revision or None,
                                 "first_seen": prediction["created_at"]})
         return v

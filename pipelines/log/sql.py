@@ -190,7 +190,7 @@ _TASK_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "classifier": ("cv.model", ("c", "cv")),
     "classifier_revision": ("cv.revision", ("c", "cv")),
     "classifier_precision": ("c.precision", ("c",)),
-    "labels": ("CAST(json_extract(c.payload, '$.labels[*].label') AS VARCHAR[])", ("c",)),
+    "labels": ("json_extract_string(c.payload, '$.labels[*].label')", ("c",)),
     "scores": ("CAST(json_extract(c.payload, '$.labels[*].score') AS DOUBLE[])", ("c",)),
     "top1_label": ("json_extract_string(c.payload, '$.labels[0].label')", ("c",)),
     "top1_score": ("CAST(json_extract(c.payload, '$.labels[0].score') AS DOUBLE)", ("c",)),
