@@ -145,13 +145,18 @@ def _relation(f: Filters, columns: str, feedback: tuple[str, ...] = (), inner: b
     need), with their latest feedback `fb` joined if needed."""
     need = set(feedback) | ({"verdict"} if f.verdicts else set())
     where, params = _where(f)
-    source = sql.wide(f"id created_at {columns} {where}")  # id for the feedback join, created_at for the window
+    names = f"id created_at {columns} {where}"  # id for the feedback join, created_at for the window
     if not need:
-        return f"(SELECT {columns} FROM {source} p{where})", params
+        return f"(SELECT {columns} FROM {sql.wide(names)} p{where})", params
     fb_sql, fb_params = _latest_feedback(f, need)
+    narrow, narrow_params = "", []
+    if inner:  # only requests with such feedback: their outputs alone are read
+        narrow, narrow_params = _latest_feedback(f, need)
+        narrow = f"p.id IN (SELECT prediction_id FROM ({narrow}))"
+    source = sql.wide(names, where=narrow)
     join = "JOIN" if inner else "LEFT JOIN"
     return (f"(SELECT {columns} FROM {source} p {join} ({fb_sql}) fb ON fb.prediction_id = p.id{where})",
-            fb_params + params)
+            narrow_params + fb_params + params)
 
 
 # fetchall() rather than fetchone(): DuckDB 2 keeps a result that was not read to the end open, and then
@@ -183,11 +188,12 @@ def context(con: duckdb.DuckDBPyConnection) -> Context:
     names = tuple(dict.fromkeys((v, stats.version_label(model, revision) if model else stats.version_label(v, None))
                                 for _, v, model, revision, _ in found))
     sources = con.execute("SELECT source, count(*) AS n FROM predictions GROUP BY ALL ORDER BY n DESC").fetchall()
+    # Every output belongs to a logged request, so the labels need not go through the requests at all.
     labels = con.execute(f"""
-        SELECT top1_label, count(*) AS n FROM {sql.wide(["top1_label"])} WHERE top1_label IS NOT NULL
-        GROUP BY ALL ORDER BY n DESC, top1_label LIMIT 2000""").fetchall()
+        SELECT {sql.WIDE_COLUMNS["top1_label"][0].replace("c.", "")} AS label, count(*) AS n
+        FROM outputs WHERE task = 'classify' GROUP BY ALL ORDER BY n DESC, label LIMIT 2001""").fetchall()
     return Context(oldest, newest, n, n_feedback, versions, tuple(s for s, _ in sources),
-                   tuple(label for label, _ in labels), names)
+                   tuple(label for label, _ in labels if label is not None)[:2000], names)
 
 
 # -- pages -----------------------------------------------------------------------------------------
@@ -352,13 +358,16 @@ EXPORT_COLUMNS_CSV = EXPORT_COLUMNS.replace("p.labels, p.scores",
 
 
 def _rows_sql(f: Filters, limit: int, columns: str) -> tuple[str, list]:
-    rel, params = _relation(f, columns)
+    # The newest ids first (reading only what the filters need), then their columns: a payload is parsed for
+    # `limit` requests, not for every request in the window.
+    rel, params = _relation(f, "p.id, p.created_at")
     fb_sql, _ = _latest_feedback(f, {"verdict", "corrected_label", "edited_caption"}, ids_from="newest")
+    source = sql.wide(columns, where="p.id IN (SELECT id FROM newest)")
     return f"""
         WITH newest AS MATERIALIZED (SELECT * FROM {rel} r ORDER BY created_at DESC, id LIMIT {int(limit)})
-        SELECT newest.*, fb.verdict, fb.corrected_label, fb.edited_caption
-        FROM newest LEFT JOIN ({fb_sql}) fb ON fb.prediction_id = newest.id
-        ORDER BY created_at DESC, id""", params
+        SELECT p.*, fb.verdict, fb.corrected_label, fb.edited_caption
+        FROM (SELECT {columns} FROM {source} p) p LEFT JOIN ({fb_sql}) fb ON fb.prediction_id = p.id
+        ORDER BY p.created_at DESC, p.id""", params
 
 
 def rows(con: duckdb.DuckDBPyConnection, f: Filters, limit: int, columns: str = TABLE_COLUMNS) -> pd.DataFrame:

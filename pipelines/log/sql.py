@@ -220,13 +220,15 @@ EXPORT_COLUMNS: tuple[str, ...] = (
 _NAME = re.compile(r"\b[a-z_][a-z0-9_]*\b")
 
 
-def wide(columns: Iterable[str] | None = None) -> str:
+def wide(columns: Iterable[str] | None = None, where: str = "") -> str:
     """The wide relation `requests_wide`, as a parenthesised subquery: one row per request.
 
     Its columns are WIDE_COLUMNS (the request's own, then classify's and caption's outputs: labels, scores,
     top1_label, top1_score, classify_ms, classifier, classifier_revision, classify_version, classifier_precision,
     caption, prompt, caption_ms, captioner, ...). Name the columns a query needs (or pass the text of the
     query's select list and conditions: every known name in it counts) and only the joins they need are made.
+    `where` narrows the requests (a condition on `p`, the predictions table) before any output is read or its
+    payload parsed: parsing JSON is the relation's dearest step.
     """
     if columns is None:
         names = list(WIDE_COLUMNS)
@@ -241,7 +243,8 @@ def wide(columns: Iterable[str] | None = None) -> str:
     joins = {j for c in names for j in WIDE_COLUMNS[c][1]}
     select = ", ".join(f"{WIDE_COLUMNS[c][0]} AS {c}" for c in names)
     join_sql = " ".join(sql for key, sql in _JOINS.items() if key in joins)
-    return f"(SELECT {select} FROM predictions p {join_sql})"
+    condition = f" WHERE {where}" if where else ""
+    return f"(SELECT {select} FROM predictions p {join_sql}{condition})"
 
 
 def task_ms(ids_from: str) -> str:
