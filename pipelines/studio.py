@@ -14,7 +14,8 @@ from pipelines.tasks.classify import Classifier
 from pipelines.log.eventlog import EventLog, utcnow
 from pipelines.intake import Limits
 from pipelines.log.privacy import Deleted, ImageStore
-from pipelines.recognizer import Recognizer, prediction_row
+from pipelines.log.rows import prediction_rows
+from pipelines.recognizer import Recognizer
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Studio:
         steps = self.recognizer.steps(source, prompt=prompt)
         yield next(steps)
         result = next(steps)
-        logged = self.log.log_prediction(prediction_row(result, source=origin, session_id=session_id))
+        logged = self.log.log_prediction(prediction_rows(result, source=origin, session_id=session_id))
         result["logged"] = logged.durable  # False: answered, but held in memory until the journal can take it
         yield result
 

@@ -388,3 +388,16 @@ def test_the_migration_is_atomic(tmp_path, monkeypatch):
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         assert "outputs" not in tables and "model_versions" not in tables
         assert con.execute("SELECT count(labels) FROM predictions").fetchall()[0][0] == 7
+
+
+def test_a_wide_schema_2_row_is_still_taken(tmp_path):
+    from tests import v2log
+
+    db = tmp_path / "log.duckdb"
+    old = v2log.prediction_row(v2log.result(1, prompt="a photo of", caption="a photo of a cat"), source="api")
+    with EventLog(db, flush_interval=60) as log:
+        pid = log.log_prediction(old | {"id": ""})  # the id is the log's to give, as before
+    row = eventlog.query(db, f"SELECT * FROM {sql.wide()} p WHERE id = ?", [pid]).iloc[0]
+    assert (row.top1_label, row.caption, row.prompt, row.classify_version) == \
+        ("tabby", "a photo of a cat", "a photo of", "google/vit-base-patch16-224@3f49326")
+    assert list(row.labels) == ["tabby", "tiger cat"] and row.caption_ms == old["caption_ms"]

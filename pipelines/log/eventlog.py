@@ -499,8 +499,11 @@ class EventLog:
         """Record a prediction: the rows `pipelines.log.rows.prediction_rows` gives (the request, its outputs and
         their model versions), as one journal line, so all of it or none of it is logged.
 
-        Returns its id, whose `durable` says whether it is on disk already.
+        Returns its id, whose `durable` says whether it is on disk already. A schema-2 wide row (what
+        `prediction_row` gave before schema 3) is taken too, converted as the migration converts it.
         """
+        if "prediction" not in rows:
+            rows = log_rows.from_v2_row({"id": None, **rows})
         row = {c: rows["prediction"].get(c) for c in PREDICTION_COLUMNS}
         row["id"] = row["id"] or new_id()
         row["created_at"] = row["created_at"] or utcnow()
