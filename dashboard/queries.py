@@ -190,10 +190,10 @@ def context(con: duckdb.DuckDBPyConnection) -> Context:
     sources = con.execute("SELECT source, count(*) AS n FROM predictions GROUP BY ALL ORDER BY n DESC").fetchall()
     # Every output belongs to a logged request, so the labels need not go through the requests at all.
     labels = con.execute(f"""
-        SELECT {sql.WIDE_COLUMNS["top1_label"][0].replace("c.", "")} AS label, count(*) AS n
-        FROM outputs WHERE task = 'classify' GROUP BY ALL ORDER BY n DESC, label LIMIT 2001""").fetchall()
+        SELECT label, count(*) AS n FROM outputs WHERE task = 'classify' AND label IS NOT NULL
+        GROUP BY ALL ORDER BY n DESC, label LIMIT 2000""").fetchall()
     return Context(oldest, newest, n, n_feedback, versions, tuple(s for s, _ in sources),
-                   tuple(label for label, _ in labels if label is not None)[:2000], names)
+                   tuple(label for label, _ in labels), names)
 
 
 # -- pages -----------------------------------------------------------------------------------------
@@ -270,26 +270,30 @@ STAGES = ("intake", "classify", "caption", "total")  # and after caption, any ot
 def performance(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
     """Latency p50/p95 per stage (intake, each task's output, total), interval and classify version, and
     requests per interval."""
-    rel, params = _relation(f, "p.id, p.created_at, p.classifier, p.classifier_revision, p.intake_ms, p.total_ms, "
-                               "coalesce(p.cached, false) AS cached")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE page_requests AS SELECT *, {_bucket(interval)} AS bucket FROM {rel}",
-                params)
-    df = _df(con, """
-        SELECT bucket, classifier, classifier_revision, count(*) AS n, count(*) FILTER (WHERE cached) AS n_cached,
+    rel, params = _relation(f, f"p.id, {_bucket(interval)} AS bucket, p.classify_version AS k, p.intake_ms, "
+                               "p.total_ms, coalesce(p.cached, false) AS cached")
+    df = _df(con, f"""
+        SELECT bucket, k, count(*) AS n, count(*) FILTER (WHERE cached) AS n_cached,
                quantile_cont(intake_ms, [0.5, 0.95]) AS intake, quantile_cont(total_ms, [0.5, 0.95]) AS total
-        FROM page_requests GROUP BY ALL ORDER BY bucket, classifier, classifier_revision""")
-    # Cache hits skip the models, so they would drag the tasks' percentiles towards zero.
-    tasks = _df(con, """
-        SELECT r.bucket, r.classifier, r.classifier_revision, o.task, quantile_cont(o.ms, [0.5, 0.95]) AS q
-        FROM page_requests r JOIN outputs o ON o.prediction_id = r.id
-        WHERE NOT r.cached GROUP BY ALL""")
-    con.execute("DROP TABLE page_requests")
-    keys = ["bucket", "classifier", "classifier_revision"]
+        FROM {rel} GROUP BY ALL""", params)
+    # Every task's time from its output, whatever the task. Cache hits skip the models, so they would drag the
+    # tasks' percentiles towards zero.
+    tasks = _df(con, f"""
+        SELECT r.bucket, r.k, o.task, quantile_cont(o.ms, [0.5, 0.95]) AS q
+        FROM {rel} r JOIN outputs o ON o.prediction_id = r.id
+        WHERE NOT r.cached GROUP BY ALL""", params)
+    versions = con.execute("SELECT version, model, revision FROM model_versions").fetchall()
+    keys = ["bucket", "k"]
     names = sorted(set(tasks["task"]) | set(STAGES[1:3]),
                    key=lambda t: (t not in STAGES, STAGES.index(t) if t in STAGES else 0, t))
     for task in names:
         part = tasks[tasks["task"] == task][keys + ["q"]].rename(columns={"q": task})
         df = df.merge(part, on=keys, how="left")
+    by_k = {version: (model, revision) for version, model, revision in versions}
+    df.insert(1, "classifier", [by_k.get(k, (k, None))[0] if isinstance(k, str) else None for k in df["k"]])
+    df.insert(2, "classifier_revision", [by_k.get(k, (k, None))[1] if isinstance(k, str) else None for k in df["k"]])
+    df = df.drop(columns="k").sort_values(["bucket", "classifier", "classifier_revision"], na_position="last",
+                                          ignore_index=True)
     df = stats.add_version(df)
     for stage in ["intake", *names, "total"]:
         values = [v if isinstance(v, (list, tuple, np.ndarray)) and len(v) == 2 else (np.nan, np.nan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
 from pipelines.log import eventlog, sql
@@ -366,6 +368,10 @@ def test_a_version_2_log_written_by_the_old_code_is_migrated_without_losing_a_ro
     assert sorted(v for v, _, _ in versions) == sorted(expected)  # each distinct version once
     assert ("../shared/models/mobilenet_v2_1.0_224", "../shared/models/mobilenet_v2_1.0_224", None) in versions
     assert [tuple(f) for f in feedback] == [tuple(f) for f in written["feedback"]]
+    with eventlog.reader(db) as con:  # the typed headline agrees with the payload it was taken from
+        assert con.execute("SELECT count(*) FROM outputs WHERE task = 'classify' AND (label IS DISTINCT FROM "
+                           "json_extract_string(payload, '$.labels[0].label') OR score IS DISTINCT FROM "
+                           "CAST(json_extract(payload, '$.labels[0].score') AS DOUBLE))").fetchall() == [(0,)]
     assert len(tasks) == 2 * len(old) - 1  # one caption was never made
     assert db.with_name(db.name + ".journal").stat().st_size == 0
 
@@ -401,3 +407,36 @@ def test_a_wide_schema_2_row_is_still_taken(tmp_path):
     assert (row.top1_label, row.caption, row.prompt, row.classify_version) == \
         ("tabby", "a photo of a cat", "a photo of", "google/vit-base-patch16-224@3f49326")
     assert list(row.labels) == ["tabby", "tiger cat"] and row.caption_ms == old["caption_ms"]
+
+
+def test_prediction_rows_log_every_task_with_its_version_once(tmp_path):
+    from pipelines.log.rows import prediction_rows
+    from tests.logwriter import CLASSIFIER, sample_result
+
+    result = sample_result(1)
+    heatmap = [[0.0, 0.5], [1.0, 0.25]]
+    result["outputs"]["explain"] = {"model": CLASSIFIER, "label": "tabby", "heatmap": heatmap}
+    result["runs"]["explain"] = result["runs"]["classify"] | {"ms": 40.0, "precision": "fp32"}
+    result["outputs"]["zero_shot"] = {"model": "openai/clip@abc", "labels": [{"label": "a dog", "score": 0.6}]}
+    result["runs"]["zero_shot"] = {"model": "openai/clip@abc", "model_id": "openai/clip", "revision": "abc",
+                                   "precision": None, "ms": 12.0, "cached": True}
+    rows = prediction_rows(result, source="api", session_id="s")
+    assert [o["task"] for o in rows["outputs"]] == ["classify", "caption", "explain", "zero_shot"]
+    assert sorted(v["version"] for v in rows["versions"]) == sorted({CLASSIFIER, "openai/clip@abc",
+                                                                     "Salesforce/blip-image-captioning-base@82a3b3c"})
+    db = tmp_path / "log.duckdb"
+    with EventLog(db, flush_interval=60) as log:
+        pid = log.log_prediction(rows)
+        log.log_prediction(prediction_rows(sample_result(2), source="api", session_id="s"))  # the same versions again
+    outputs = eventlog.query(db, "SELECT task, model_version, precision, payload, ms, label, score FROM outputs "
+                                 "WHERE prediction_id = ? ORDER BY task", [pid])
+    explain = outputs.set_index("task").loc["explain"]
+    assert json.loads(explain.payload) == result["outputs"]["explain"] and explain.ms == 40.0
+    assert (explain.label, explain.model_version) == ("tabby", CLASSIFIER)
+    zero = outputs.set_index("task").loc["zero_shot"]
+    assert (zero.label, zero.score, zero.ms) == ("a dog", 0.6, 12.0)
+    caption = outputs.set_index("task").loc["caption"]
+    assert pd.isna(caption.label) and json.loads(caption.payload)["caption"] == "a cat number 1"
+    versions = eventlog.query(db, "SELECT version, model, revision FROM model_versions ORDER BY version")
+    assert list(versions.version) == sorted({CLASSIFIER, "openai/clip@abc", "Salesforce/blip-image-captioning-base@82a3b3c"})
+    assert versions.set_index("version").loc["openai/clip@abc"].tolist() == ["openai/clip", "abc"]

@@ -507,7 +507,12 @@ class EventLog:
         row = {c: rows["prediction"].get(c) for c in PREDICTION_COLUMNS}
         row["id"] = row["id"] or new_id()
         row["created_at"] = row["created_at"] or utcnow()
-        outputs = [{c: o.get(c) for c in OUTPUT_COLUMNS} | {"prediction_id": row["id"]} for o in rows.get("outputs", ())]
+        outputs = []
+        for output in rows.get("outputs", ()):
+            output = {c: output.get(c) for c in OUTPUT_COLUMNS} | {"prediction_id": row["id"]}
+            if output["label"] is None and output["score"] is None:
+                output["label"], output["score"] = log_rows.headline(output["payload"])
+            outputs.append(output)
         versions = [{c: v.get(c) for c in VERSION_COLUMNS} for v in rows.get("versions", ())]
         for version in versions:
             version["first_seen"] = version["first_seen"] or row["created_at"]

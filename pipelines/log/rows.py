@@ -12,6 +12,21 @@ from typing import Any
 Rows = dict[str, Any]  # {"prediction": {...}, "outputs": [{...}, ...], "versions": [{...}, ...]}
 
 
+def headline(payload: dict | None) -> tuple[str | None, float | None]:
+    """An output's headline label and score, whatever its task: the first of its `labels` (classify, zero-shot),
+    else its `label` and `score` (explain names the label it explains); (None, None) for a task without one."""
+    if not isinstance(payload, dict):
+        return None, None
+    labels = payload.get("labels")
+    first = labels[0] if isinstance(labels, list) and labels and isinstance(labels[0], dict) else None
+    if first is None and "label" in payload:
+        first = payload
+    if first is None:
+        return None, None
+    label, score = first.get("label"), first.get("score")
+    return (str(label) if label is not None else None), (float(score) if isinstance(score, (int, float)) else None)
+
+
 def _version_of(model_id: str, revision: str | None) -> str:
     from pipelines.models import version_of  # only when needed: importing it imports torch
 
@@ -56,9 +71,10 @@ def prediction_rows(result: dict, source: str, session_id: str | None = None) ->
         version = payload.get("model") or run.get("model") or (_version_of(model_id, run.get("revision"))
                                                                if model_id else None)
         ms = run.get("ms")
+        label, score = headline(payload)
         outputs.append({"prediction_id": result["id"], "task": task, "model_version": version,
                         "precision": run.get("precision"), "payload": payload,
-                        "ms": timings.get(task) if ms is None else ms})
+                        "ms": timings.get(task) if ms is None else ms, "label": label, "score": score})
         if version and model_id:
             versions.setdefault(version, {"version": version, "model": model_id,
                                           "revision": run.get("revision") or None, "first_seen": created_at})
@@ -90,9 +106,11 @@ def from_v2_row(row: dict) -> Rows:
                       for i, label in enumerate(row["labels"])]
         else:
             labels = [{"label": row.get("top1_label"), "score": row.get("top1_score")}]
+        payload = {"model": v, "labels": labels}
+        label, score = headline(payload)
         outputs.append({"prediction_id": row["id"], "task": "classify", "model_version": v,
-                        "precision": row.get("classifier_precision"), "payload": {"model": v, "labels": labels},
-                        "ms": row.get("classify_ms")})
+                        "precision": row.get("classifier_precision"), "payload": payload,
+                        "ms": row.get("classify_ms"), "label": label, "score": score})
     if row.get("caption") is not None:
         v = caption_version
         outputs.append({"prediction_id": row["id"], "task": "caption", "model_version": v,

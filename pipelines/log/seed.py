@@ -128,12 +128,12 @@ def synthetic_tables(rows: int, seed: int = 0, end: datetime | None = None,
                    to_json({'model': classify_version,
                             'labels': list_transform(generate_series(1, len(labels)),
                                                      lambda i: {'label': labels[i], 'score': scores[i]})})::VARCHAR
-                       AS payload, classify_ms AS ms
+                       AS payload, classify_ms AS ms, labels[1] AS label, scores[1] AS score
             FROM task_columns
             UNION ALL
             SELECT id, 'caption', caption_version, 'fp32',
                    to_json({'model': caption_version, 'caption': caption, 'prompt': NULL::VARCHAR})::VARCHAR,
-                   caption_ms
+                   caption_ms, NULL, NULL
             FROM task_columns""").to_arrow_table()
     used = [k for k in range(len(MODEL_VERSIONS)) if (version == k).any()]  # each version with its first row
     first_seen = [created[np.argmax(version == k)] for k in used]
