@@ -440,3 +440,28 @@ def test_prediction_rows_log_every_task_with_its_version_once(tmp_path):
     versions = eventlog.query(db, "SELECT version, model, revision FROM model_versions ORDER BY version")
     assert list(versions.version) == sorted({CLASSIFIER, "openai/clip@abc", "Salesforce/blip-image-captioning-base@82a3b3c"})
     assert versions.set_index("version").loc["openai/clip@abc"].tolist() == ["openai/clip", "abc"]
+
+
+def test_the_export_keeps_todays_columns_with_the_latest_feedback(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.log import export
+    from tests import v2log
+
+    db = tmp_path / "v2.duckdb"
+    v2log.build(db)
+    with EventLog(db, flush_interval=60) as log:  # migrated; then a later verdict replaces the first one
+        log.log_feedback("v2-0000", verdict="up")
+    table = pq.read_table(export.to_parquet(db, tmp_path))
+    names = table.column_names
+    # schema 2's export: every predictions column, then the latest feedback; schema 3 adds each task's version
+    assert names[:len(v2log.V2_COLUMNS)] == list(v2log.V2_COLUMNS)
+    assert names[len(v2log.V2_COLUMNS):] == ["classify_version", "caption_version", "verdict", "corrected_label",
+                                             "edited_caption"]
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert len(rows) == 8 and list(rows) == sorted(rows)  # by created_at, as before
+    first = rows["v2-0000"]
+    assert (first["verdict"], first["corrected_label"], first["edited_caption"]) == ("up", None, "a cat asleep on a sofa")
+    assert first["labels"] == ["tabby", "tiger cat"] and first["scores"] == [0.7, 0.2]
+    assert (rows["v2-0002"]["verdict"], rows["v2-0002"]["classifier_revision"]) == ("up", "synthetic-older")
+    assert rows["v2-0007"]["prompt"] == "a picture of" and rows["v2-0004"]["caption"] is None
