@@ -189,7 +189,7 @@ def context(con: duckdb.DuckDBPyConnection) -> Context:
                                 for _, v, model, revision, _ in found))
     sources = con.execute("SELECT source, count(*) AS n FROM predictions GROUP BY ALL ORDER BY n DESC").fetchall()
     # Every output belongs to a logged request, so the labels need not go through the requests at all.
-    labels = con.execute(f"""
+    labels = con.execute("""
         SELECT label, count(*) AS n FROM outputs WHERE task = 'classify' AND label IS NOT NULL
         GROUP BY ALL ORDER BY n DESC, label LIMIT 2000""").fetchall()
     return Context(oldest, newest, n, n_feedback, versions, tuple(s for s, _ in sources),

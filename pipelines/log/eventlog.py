@@ -154,8 +154,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL, description VARCHAR)""")
         for version, description, statements in MIGRATIONS:
             if version > found:
-                for sql in statements:
-                    con.execute(sql)
+                for statement in statements:
+                    con.execute(statement)
                 con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, utcnow(), description])
         con.execute("COMMIT")
     except Exception:
@@ -541,7 +541,6 @@ class EventLog:
             verdict = "down"  # a correction says the answer was wrong
         if verdict is None and corrected_label is None and edited_caption is None:
             raise FeedbackRejected("Nothing to record: give a verdict, a corrected label or an edited caption.")
-        content = (verdict, corrected_label, edited_caption)
         with self._feedback_lock:  # a deletion takes this lock too: feedback lands before its tombstone or is refused
             if not self.knows(prediction_id):
                 raise FeedbackRejected(f"There is no prediction with id {prediction_id!r}.")
