@@ -150,9 +150,17 @@ def _relation(f: Filters, columns: str, feedback: tuple[str, ...] = (), inner: b
         return f"(SELECT {columns} FROM {sql.wide(names)} p{where})", params
     fb_sql, fb_params = _latest_feedback(f, need)
     narrow, narrow_params = "", []
-    if inner:  # only requests with such feedback: their outputs alone are read
-        narrow, narrow_params = _latest_feedback(f, need)
-        narrow = f"p.id IN (SELECT prediction_id FROM ({narrow}))"
+    if inner:  # only requests with such feedback: their outputs alone are read (a semi-join, before any parse)
+        kinds = []
+        if need & {"verdict", "corrected_label"}:
+            kinds.append("verdict IS NOT NULL")
+        if need & {"edited_caption", "edited"}:
+            kinds.append("edited_caption IS NOT NULL")
+        since = ""
+        if f.start is not None:
+            since = " AND created_at >= ?"
+            narrow_params.append(f.start - FEEDBACK_SLACK)
+        narrow = f"p.id IN (SELECT prediction_id FROM feedback WHERE ({' OR '.join(kinds)}){since})"
     source = sql.wide(names, where=narrow)
     join = "JOIN" if inner else "LEFT JOIN"
     return (f"(SELECT {columns} FROM {source} p {join} ({fb_sql}) fb ON fb.prediction_id = p.id{where})",
