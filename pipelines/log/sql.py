@@ -218,6 +218,14 @@ _JOINS = {  # in this order: a version join needs its output join first
     "k": "LEFT JOIN outputs k ON k.prediction_id = p.id AND k.task = 'caption'",
     "kv": "LEFT JOIN model_versions kv ON kv.version = k.model_version",
 }
+_NARROW_JOINS = {
+    "c": "LEFT JOIN (SELECT * FROM outputs WHERE task = 'classify' AND prediction_id IN (SELECT id FROM req)) c "
+         "ON c.prediction_id = p.id",
+    "cv": _JOINS["cv"],
+    "k": "LEFT JOIN (SELECT * FROM outputs WHERE task = 'caption' AND prediction_id IN (SELECT id FROM req)) k "
+         "ON k.prediction_id = p.id",
+    "kv": _JOINS["kv"],
+}
 # Today's export columns, in today's order, and the columns that came with schema 3.
 EXPORT_COLUMNS: tuple[str, ...] = (
     "id", "created_at", "image_sha256", "width", "height", "classifier", "classifier_revision", "captioner",
@@ -250,9 +258,14 @@ def wide(columns: Iterable[str] | None = None, where: str = "") -> str:
             raise ValueError(f"not columns of the wide relation: {unknown}")
     joins = {j for c in names for j in WIDE_COLUMNS[c][1]}
     select = ", ".join(f"{WIDE_COLUMNS[c][0]} AS {c}" for c in names)
-    join_sql = " ".join(sql for key, sql in _JOINS.items() if key in joins)
-    condition = f" WHERE {where}" if where else ""
-    return f"(SELECT {select} FROM predictions p {join_sql}{condition})"
+    if not where:
+        join_sql = " ".join(sql for key, sql in _JOINS.items() if key in joins)
+        return f"(SELECT {select} FROM predictions p {join_sql})"
+    # Narrowed: the chosen requests first, and only their outputs are read (a join would otherwise hash every
+    # output, payload and all, to keep a few).
+    join_sql = " ".join(_NARROW_JOINS[key] for key in _JOINS if key in joins)
+    return (f"(WITH req AS MATERIALIZED (SELECT * FROM predictions p WHERE {where}) "
+            f"SELECT {select} FROM req p {join_sql})")
 
 
 def task_ms(ids_from: str) -> str:
