@@ -161,6 +161,10 @@ def _relation(f: Filters, columns: str, feedback: tuple[str, ...] = (), inner: b
             since = " AND created_at >= ?"
             narrow_params.append(f.start - FEEDBACK_SLACK)
         narrow = f"p.id IN (SELECT prediction_id FROM feedback WHERE ({' OR '.join(kinds)}){since})"
+        for clause, value in (("p.created_at >= ?", f.start), ("p.created_at < ?", f.end)):
+            if value is not None:  # the window too, so that only its requests are read
+                narrow += f" AND {clause}"
+                narrow_params.append(value)
     source = sql.wide(names, where=narrow)
     join = "JOIN" if inner else "LEFT JOIN"
     return (f"(SELECT {columns} FROM {source} p {join} ({fb_sql}) fb ON fb.prediction_id = p.id{where})",
