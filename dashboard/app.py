@@ -128,8 +128,13 @@ def sidebar(ctx: queries.Context) -> tuple[queries.Filters, str, str]:
             picked = st.date_input("From – to", value=(max(oldest, newest - timedelta(days=6)), newest),
                                    min_value=oldest, max_value=newest, key="days")
             days = tuple(picked) if isinstance(picked, (tuple, list)) else (picked,)
-        versions = st.multiselect("Model version", ctx.versions, key="versions", placeholder="All versions",
-                                  format_func=lambda v: stats.version_label(*v))
+        # One "model version" filter per task in the log: requests whose output for that task came from a chosen version.
+        versions = []
+        for task, options in ctx.versions:
+            chosen = st.multiselect(f"Model version: {task}", options, key=f"versions_{task}",
+                                    placeholder="All versions", format_func=ctx.version_label)
+            if chosen:
+                versions.append((task, tuple(chosen)))
         labels = st.multiselect("Label (top-1)", ctx.labels, key="labels", placeholder="All labels")
         verdicts = st.multiselect("Verdict", list(VERDICT_NAMES), key="verdicts", placeholder="Any verdict",
                                   format_func=VERDICT_NAMES.get)
@@ -210,8 +215,9 @@ def show_classes(data: dict) -> None:
 
 
 def show_performance(data: dict) -> None:
-    st.caption("Cache hits skip the models, so they are left out of the classify and caption percentiles "
-               "(they count in intake and total).")
+    st.caption("Each task's time comes from its output in the log (any task: classify, caption, explain, ...). "
+               "Cache hits skip the models, so they are left out of the tasks' percentiles (they count in intake and "
+               "total). Lines are per classify version.")
     plot(charts.latency_over_time(data["over_time"]))
     plot(charts.requests_over_time(data["over_time"]))
 

@@ -155,9 +155,11 @@ def latency_over_time(df: pd.DataFrame) -> go.Figure:
     title = "Latency per stage: p50 (solid) and p95 (dashed)"
     if df.empty:
         return empty(title)
-    stages = list(STAGE_NAMES)
-    fig = make_subplots(rows=2, cols=2, shared_xaxes=True, subplot_titles=[STAGE_NAMES[s] for s in stages],
-                        vertical_spacing=0.14, horizontal_spacing=0.08)
+    stages = [c.removesuffix("_p50") for c in df.columns if c.endswith("_p50")]  # intake, each task, total
+    names = {s: STAGE_NAMES.get(s, s.replace("_", " ").capitalize()) for s in stages}
+    rows = (len(stages) + 1) // 2
+    fig = make_subplots(rows=rows, cols=2, shared_xaxes=True, subplot_titles=[names[s] for s in stages],
+                        vertical_spacing=0.28 / rows, horizontal_spacing=0.08)
     colors = _colors(df["version"])
     for i, stage in enumerate(stages):
         row, col = divmod(i, 2)
@@ -166,10 +168,10 @@ def latency_over_time(df: pd.DataFrame) -> go.Figure:
                 fig.add_trace(go.Scatter(
                     x=part["bucket"], y=part[f"{stage}_{q}"], mode="lines", name=version, legendgroup=version,
                     showlegend=(i == 0 and q == "p50"), line=dict(color=colors[version], dash=dash),
-                    hovertemplate=f"<b>{version}</b> {STAGE_NAMES[stage]} {q}<br>%{{x}}<br>%{{y:,.0f}} ms"
+                    hovertemplate=f"<b>{version}</b> {names[stage]} {q}<br>%{{x}}<br>%{{y:,.0f}} ms"
                                   "<extra></extra>"), row=row + 1, col=col + 1)
         fig.update_yaxes(title_text="ms", rangemode="tozero", row=row + 1, col=col + 1)
-    _layout(fig, title, height=560)
+    _layout(fig, title, height=280 * rows)
     # Below the plots: above them the legend would cover the subplot titles.
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.12, xanchor="left", x=0),
                       margin=dict(l=10, r=10, t=60, b=40))

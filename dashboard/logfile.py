@@ -10,9 +10,9 @@ import duckdb
 
 from pipelines.log import eventlog
 
-# The queries use only columns that schema version 1 already had, so any log from 1 up to the
-# current SCHEMA_VERSION reads; the dashboard never migrates (it opens the file read-only).
-OLDEST_SCHEMA = 1
+# The queries read the requests and their task outputs (schema version 3); the dashboard never migrates (it
+# opens the file read-only), so an older log is read once the demo has opened (and migrated) it.
+OLDEST_SCHEMA = 3
 EMPTY = "No predictions logged yet — start the demo (python -m demo) or seed one (python -m pipelines.seed)."
 
 

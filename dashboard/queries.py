@@ -1,5 +1,8 @@
 """Every query the dashboard runs: parameterised, aggregated in DuckDB, returning small DataFrames.
 
+The queries read requests through pipelines.log.sql's wide relation (a request with its classify and caption
+outputs in columns) and its one definition of "latest feedback"; they do not know how the log stores them.
+
 Each page function takes an open read-only connection and a Filters value and returns a dict of
 DataFrames; the app opens one connection per page render and runs one page function on it.
 """
@@ -15,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from dashboard import stats
+from pipelines.log import sql
 
 INTERVALS = ("hour", "day", "week")
 VERDICT_NONE = "none"
@@ -30,7 +34,8 @@ CONFIDENCE_BINS = 20
 # start; the slack covers a clock step between the two events.
 FEEDBACK_SLACK = timedelta(hours=1)
 
-Version = tuple[str, "str | None"]  # (classifier, classifier_revision)
+TASK_ORDER = ("classify", "caption")  # these first, then any other task found in the log, by name
+TaskVersions = tuple[str, tuple["str | None", ...]]  # (task, model versions "id@revision")
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Filters:
 
     start: datetime | None = None
     end: datetime | None = None
-    versions: tuple[Version, ...] = ()
+    versions: tuple[TaskVersions, ...] = ()  # per task: requests whose output for it came from one of these
     labels: tuple[str, ...] = ()
     verdicts: tuple[str, ...] = ()  # 'up', 'down' and/or 'none' (no verdict yet)
     sources: tuple[str | None, ...] = ()
@@ -60,9 +65,13 @@ class Context:
     newest: datetime | None
     predictions: int
     feedback: int
-    versions: tuple[Version, ...] = ()
+    versions: tuple[TaskVersions, ...] = ()  # each task in the log with its versions, oldest first
     sources: tuple[str | None, ...] = ()
     labels: tuple[str, ...] = ()
+    version_names: tuple[tuple[str, str], ...] = ()  # version -> how it reads on screen
+
+    def version_label(self, version: str | None) -> str:
+        return dict(self.version_names).get(version) or stats.version_label(version, None)
 
 
 def pick_interval(start: datetime | None, end: datetime | None) -> str:
@@ -98,11 +107,13 @@ def _where(f: Filters) -> tuple[str, list]:
     if f.end is not None:
         clauses.append("p.created_at < ?")
         params.append(f.end)
-    if f.versions:
-        clauses.append("(" + " OR ".join(
-            "(p.classifier = ? AND p.classifier_revision IS NOT DISTINCT FROM ?)" for _ in f.versions) + ")")
-        for classifier, revision in f.versions:
-            params.extend([classifier, revision])
+    for task, versions in f.versions:
+        if versions:
+            chosen: list[str] = []
+            chosen_params: list = [task]
+            _in("o.model_version", tuple(versions), chosen, chosen_params)
+            clauses.append(f"p.id IN (SELECT o.prediction_id FROM outputs o WHERE o.task = ? AND {chosen[0]})")
+            params.extend(chosen_params)
     if f.labels:
         _in("p.top1_label", f.labels, clauses, params)
     if f.sources:
@@ -116,44 +127,48 @@ def _where(f: Filters) -> tuple[str, list]:
 
 
 def _latest_feedback(f: Filters, need: set[str], ids_from: str | None = None) -> tuple[str, list]:
-    """Latest verdict (with its corrected label) and latest edited caption per prediction."""
-    columns = ["prediction_id"]
+    """Latest verdict (with its corrected label) and latest edited caption per prediction (sql.latest_feedback),
+    read only for the predictions in `ids_from`, else only from the window's start on."""
     if need & {"verdict", "corrected_label"}:
-        # arg_max_null: a later verdict without a label clears an earlier correction (arg_max would skip
-        # the NULL and keep it). Ties on created_at are left to chance: they need the same microsecond.
-        columns.append("arg_max(verdict, created_at) FILTER (WHERE verdict IS NOT NULL) AS verdict")
-        columns.append("arg_max_null(corrected_label, created_at) FILTER (WHERE verdict IS NOT NULL) "
-                       "AS corrected_label")
-    if "edited_caption" in need:
-        columns.append("arg_max(edited_caption, created_at) FILTER (WHERE edited_caption IS NOT NULL) "
-                       "AS edited_caption")
-    elif "edited" in need:  # whether there is an edit at all, without carrying the caption text
-        columns.append("bool_or(edited_caption IS NOT NULL) AS edited")
-    clauses, params = [], []
+        need = need | {"verdict", "corrected_label"}  # a verdict comes with its corrected label
+    where, params = "", []
     if ids_from:
-        clauses.append(f"prediction_id IN (SELECT id FROM {ids_from})")
+        where = f"prediction_id IN (SELECT id FROM {ids_from})"
     elif f.start is not None:
-        clauses.append("created_at >= ?")
+        where = "created_at >= ?"
         params.append(f.start - FEEDBACK_SLACK)
-    edits = need & {"edited_caption", "edited"}
-    if not need - edits:
-        clauses.append("edited_caption IS NOT NULL")
-    elif not edits:
-        clauses.append("verdict IS NOT NULL")
-    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    return f"SELECT {', '.join(columns)} FROM feedback{where} GROUP BY prediction_id", params
+    return sql.latest_feedback(need, where), params
 
 
 def _relation(f: Filters, columns: str, feedback: tuple[str, ...] = (), inner: bool = False) -> tuple[str, list]:
-    """A subquery of the filtered predictions `p`, with their latest feedback `fb` joined if needed."""
+    """A subquery of the filtered requests `p` (the wide relation, with only the joins the columns and filters
+    need), with their latest feedback `fb` joined if needed."""
     need = set(feedback) | ({"verdict"} if f.verdicts else set())
     where, params = _where(f)
+    names = f"id created_at {columns} {where}"  # id for the feedback join, created_at for the window
     if not need:
-        return f"(SELECT {columns} FROM predictions p{where})", params
+        return f"(SELECT {columns} FROM {sql.wide(names)} p{where})", params
     fb_sql, fb_params = _latest_feedback(f, need)
+    narrow, narrow_params = "", []
+    if inner:  # only requests with such feedback: their outputs alone are read (a semi-join, before any parse)
+        kinds = []
+        if need & {"verdict", "corrected_label"}:
+            kinds.append("verdict IS NOT NULL")
+        if need & {"edited_caption", "edited"}:
+            kinds.append("edited_caption IS NOT NULL")
+        since = ""
+        if f.start is not None:
+            since = " AND created_at >= ?"
+            narrow_params.append(f.start - FEEDBACK_SLACK)
+        narrow = f"p.id IN (SELECT prediction_id FROM feedback WHERE ({' OR '.join(kinds)}){since})"
+        for clause, value in (("p.created_at >= ?", f.start), ("p.created_at < ?", f.end)):
+            if value is not None:  # the window too, so that only its requests are read
+                narrow += f" AND {clause}"
+                narrow_params.append(value)
+    source = sql.wide(names, where=narrow)
     join = "JOIN" if inner else "LEFT JOIN"
-    return (f"(SELECT {columns} FROM predictions p {join} ({fb_sql}) fb ON fb.prediction_id = p.id{where})",
-            fb_params + params)
+    return (f"(SELECT {columns} FROM {source} p {join} ({fb_sql}) fb ON fb.prediction_id = p.id{where})",
+            narrow_params + fb_params + params)
 
 
 # fetchall() rather than fetchone(): DuckDB 2 keeps a result that was not read to the end open, and then
@@ -171,20 +186,26 @@ def _bucket(interval: str) -> str:
 # -- sidebar ---------------------------------------------------------------------------------------
 
 def context(con: duckdb.DuckDBPyConnection) -> Context:
-    """The log's extent and the distinct versions, sources and labels, most common first."""
+    """The log's extent, each task's versions (oldest first), and the sources and labels, most common first."""
     oldest, newest, n = con.execute("SELECT min(created_at), max(created_at), count(*) FROM predictions").fetchall()[0]
     n_feedback = con.execute("SELECT count(*) FROM feedback").fetchall()[0][0]
-    groups = con.execute("""
-        SELECT GROUPING(source) AS by_version, classifier, classifier_revision, source,
-               min(created_at) AS first_seen, count(*) AS n
-        FROM predictions GROUP BY GROUPING SETS ((classifier, classifier_revision), (source))
-        ORDER BY first_seen""").fetchall()
-    versions = tuple((c, r) for by_version, c, r, _, _, _ in groups if by_version)
-    sources = tuple(s for by_version, _, _, s, _, _ in sorted(groups, key=lambda g: -g[5]) if not by_version)
+    found = con.execute("""
+        SELECT o.task, o.model_version, any_value(v.model), any_value(v.revision), any_value(v.first_seen) AS first_seen
+        FROM (SELECT DISTINCT task, model_version FROM outputs) o
+        LEFT JOIN model_versions v ON v.version = o.model_version
+        GROUP BY ALL ORDER BY first_seen NULLS LAST, o.model_version""").fetchall()
+    tasks = sorted({task for task, *_ in found}, key=lambda t: (t not in TASK_ORDER, TASK_ORDER.index(t)
+                                                                if t in TASK_ORDER else 0, t))
+    versions = tuple((task, tuple(v for t, v, *_ in found if t == task)) for task in tasks)
+    names = tuple(dict.fromkeys((v, stats.version_label(model, revision) if model else stats.version_label(v, None))
+                                for _, v, model, revision, _ in found))
+    sources = con.execute("SELECT source, count(*) AS n FROM predictions GROUP BY ALL ORDER BY n DESC").fetchall()
+    # Every output belongs to a logged request, so the labels need not go through the requests at all.
     labels = con.execute("""
-        SELECT top1_label, count(*) AS n FROM predictions WHERE top1_label IS NOT NULL
-        GROUP BY ALL ORDER BY n DESC, top1_label LIMIT 2000""").fetchall()
-    return Context(oldest, newest, n, n_feedback, versions, sources, tuple(label for label, _ in labels))
+        SELECT label, count(*) AS n FROM outputs WHERE task = 'classify' AND label IS NOT NULL
+        GROUP BY ALL ORDER BY n DESC, label LIMIT 2000""").fetchall()
+    return Context(oldest, newest, n, n_feedback, versions, tuple(s for s, _ in sources),
+                   tuple(label for label, _ in labels), names)
 
 
 # -- pages -----------------------------------------------------------------------------------------
@@ -255,24 +276,38 @@ def classes(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -
     return {"top_labels": top, "pairs": pairs}
 
 
-STAGES = ("intake", "classify", "caption", "total")
+STAGES = ("intake", "classify", "caption", "total")  # and after caption, any other task found in the log
 
 
 def performance(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
-    """Latency p50/p95 per stage, interval and model version, and requests per interval."""
-    rel, params = _relation(f, "p.created_at, p.classifier, p.classifier_revision, p.intake_ms, p.classify_ms, "
-                               "p.caption_ms, p.total_ms, coalesce(p.cached, false) AS cached")
-    # Cache hits skip the models, so they would drag the model stages' percentiles towards zero.
+    """Latency p50/p95 per stage (intake, each task's output, total), interval and classify version, and
+    requests per interval."""
+    rel, params = _relation(f, f"p.id, {_bucket(interval)} AS bucket, p.classify_version AS k, p.intake_ms, "
+                               "p.total_ms, coalesce(p.cached, false) AS cached")
     df = _df(con, f"""
-        SELECT {_bucket(interval)} AS bucket, classifier, classifier_revision, count(*) AS n,
-               count(*) FILTER (WHERE cached) AS n_cached,
-               quantile_cont(intake_ms, [0.5, 0.95]) AS intake,
-               quantile_cont(classify_ms, [0.5, 0.95]) FILTER (WHERE NOT cached) AS classify,
-               quantile_cont(caption_ms, [0.5, 0.95]) FILTER (WHERE NOT cached) AS caption,
-               quantile_cont(total_ms, [0.5, 0.95]) AS total
-        FROM {rel} GROUP BY ALL ORDER BY bucket, classifier, classifier_revision""", params)
+        SELECT bucket, k, count(*) AS n, count(*) FILTER (WHERE cached) AS n_cached,
+               quantile_cont(intake_ms, [0.5, 0.95]) AS intake, quantile_cont(total_ms, [0.5, 0.95]) AS total
+        FROM {rel} GROUP BY ALL""", params)
+    # Every task's time from its output, whatever the task. Cache hits skip the models, so they would drag the
+    # tasks' percentiles towards zero.
+    tasks = _df(con, f"""
+        SELECT r.bucket, r.k, o.task, quantile_cont(o.ms, [0.5, 0.95]) AS q
+        FROM {rel} r JOIN outputs o ON o.prediction_id = r.id
+        WHERE NOT r.cached GROUP BY ALL""", params)
+    versions = con.execute("SELECT version, model, revision FROM model_versions").fetchall()
+    keys = ["bucket", "k"]
+    names = sorted(set(tasks["task"]) | set(STAGES[1:3]),
+                   key=lambda t: (t not in STAGES, STAGES.index(t) if t in STAGES else 0, t))
+    for task in names:
+        part = tasks[tasks["task"] == task][keys + ["q"]].rename(columns={"q": task})
+        df = df.merge(part, on=keys, how="left")
+    by_k = {version: (model, revision) for version, model, revision in versions}
+    df.insert(1, "classifier", [by_k.get(k, (k, None))[0] if isinstance(k, str) else None for k in df["k"]])
+    df.insert(2, "classifier_revision", [by_k.get(k, (k, None))[1] if isinstance(k, str) else None for k in df["k"]])
+    df = df.drop(columns="k").sort_values(["bucket", "classifier", "classifier_revision"], na_position="last",
+                                          ignore_index=True)
     df = stats.add_version(df)
-    for stage in STAGES:
+    for stage in ["intake", *names, "total"]:
         values = [v if isinstance(v, (list, tuple, np.ndarray)) and len(v) == 2 else (np.nan, np.nan)
                   for v in df.pop(stage)]  # NULL where a stage has no rows (all cache hits, or no timings)
         df[f"{stage}_p50"] = [float(v[0]) if v[0] is not None else np.nan for v in values]
@@ -339,13 +374,16 @@ EXPORT_COLUMNS_CSV = EXPORT_COLUMNS.replace("p.labels, p.scores",
 
 
 def _rows_sql(f: Filters, limit: int, columns: str) -> tuple[str, list]:
-    rel, params = _relation(f, columns)
-    fb_sql, _ = _latest_feedback(f, {"verdict", "edited_caption"}, ids_from="newest")
+    # The newest ids first (reading only what the filters need), then their columns: a payload is parsed for
+    # `limit` requests, not for every request in the window.
+    rel, params = _relation(f, "p.id, p.created_at")
+    fb_sql, _ = _latest_feedback(f, {"verdict", "corrected_label", "edited_caption"}, ids_from="newest")
+    source = sql.wide(columns, where="p.id IN (SELECT id FROM newest)")
     return f"""
         WITH newest AS MATERIALIZED (SELECT * FROM {rel} r ORDER BY created_at DESC, id LIMIT {int(limit)})
-        SELECT newest.*, fb.verdict, fb.corrected_label, fb.edited_caption
-        FROM newest LEFT JOIN ({fb_sql}) fb ON fb.prediction_id = newest.id
-        ORDER BY created_at DESC, id""", params
+        SELECT p.*, fb.verdict, fb.corrected_label, fb.edited_caption
+        FROM (SELECT {columns} FROM {source} p) p LEFT JOIN ({fb_sql}) fb ON fb.prediction_id = p.id
+        ORDER BY p.created_at DESC, p.id""", params
 
 
 def rows(con: duckdb.DuckDBPyConnection, f: Filters, limit: int, columns: str = TABLE_COLUMNS) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from pipelines.intake import Limits
 from pipelines.log.eventlog import EventLog, utcnow
 from pipelines.log.export import ExportShelf
 from pipelines.log.privacy import Deleted, ImageStore
+from pipelines.log.rows import prediction_rows
 from pipelines.models import ModelLoadError
 from pipelines.recognizer import Recognizer
 from pipelines.tasks import BadRequest
@@ -126,7 +127,7 @@ class Studio:
                 if result["pending"]:
                     yield result
                     continue
-                logged = self.log.log_prediction(self._rows(result, origin, session_id))
+                logged = self.log.log_prediction(prediction_rows(result, source=origin, session_id=session_id))
                 result["logged"] = logged.durable  # False: answered, but held in memory until the journal can take it
                 yield result
         except BadRequest as exc:  # a task's options it cannot run: said before the photo is read
@@ -158,26 +159,6 @@ class Studio:
             raise RequestRejected(f"Too many requests from your address: the limit is "
                                   f"{self.access.limiter.per_minute} predictions a minute. Try again in {wait:.0f} s.")
         return resolved
-
-    @staticmethod
-    def _rows(result: dict, origin: str, session_id: str | None) -> dict:
-        # TEMPORARY until the v3 log lands: the v2 wide row
-        from datetime import datetime
-        labels = result["labels"] or []
-        timings = result["timings_ms"]
-        runs = result["runs"]
-        c, k = runs.get("classify", {}), runs.get("caption", {})
-        return {
-            "id": result["id"], "created_at": datetime.fromisoformat(result["created_at"]),
-            "image_sha256": result["image"]["sha256"], "width": result["image"]["width"],
-            "height": result["image"]["height"], "classifier": c.get("model_id"), "classifier_revision": c.get("revision"),
-            "captioner": k.get("model_id"), "captioner_revision": k.get("revision"),
-            "labels": [i["label"] for i in labels], "scores": [float(i["score"]) for i in labels],
-            "top1_label": labels[0]["label"] if labels else None, "top1_score": float(labels[0]["score"]) if labels else None,
-            "caption": result["caption"], "prompt": result["prompt"], "intake_ms": timings.get("intake"),
-            "classify_ms": timings.get("classify"), "caption_ms": timings.get("caption"), "total_ms": timings.get("total"),
-            "cached": result["cached"], "source": origin, "session_id": session_id, "image_file": result.get("image_file"),
-            "classifier_precision": c.get("precision"), "captioner_precision": k.get("precision")}
 
     def client(self, caller: Caller | None) -> str | None:
         """The caller's address as the access policy resolves it (forwarded headers only from trusted proxies)."""

@@ -16,7 +16,8 @@ APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 END = datetime(2025, 6, 1)
 # The charts each tab must show: every section of the dashboard, counted.
 CHARTS = {"Overview": 1, "Accuracy": 2, "Classes": 3, "Performance": 2, "Confidence": 2, "Captions": 2, "Recent": 0}
-OLDER = ("google/vit-base-patch16-224", "synthetic-older")
+OLDER = "google/vit-base-patch16-224@synthetic-older"
+OLDER_CAPTIONER = "Salesforce/blip-image-captioning-base@synthetic-older"
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +68,14 @@ def last_week(path: Path) -> tuple[datetime, datetime]:
     return end - timedelta(days=7), end
 
 
+# From the raw tables (not the wide relation the dashboard reads): each request's latest verdict, its classify
+# output's top-1 label and version, and its caption output's version.
 LATEST_VERDICTS = """
-    SELECT p.id, p.top1_label, p.classifier, p.classifier_revision, p.created_at, f.verdict
+    SELECT p.id, json_extract_string(c.payload, '$.labels[0].label') AS top1_label, c.model_version AS classify_version,
+           k.model_version AS caption_version, p.created_at, f.verdict
     FROM predictions p JOIN feedback f ON f.prediction_id = p.id
+    JOIN outputs c ON c.prediction_id = p.id AND c.task = 'classify'
+    JOIN outputs k ON k.prediction_id = p.id AND k.task = 'caption'
     WHERE f.verdict IS NOT NULL
     QUALIFY row_number() OVER (PARTITION BY p.id ORDER BY f.created_at DESC) = 1"""
 
@@ -105,7 +111,8 @@ def test_label_filter_changes_the_numbers_to_the_sql_value(make_app, seeded):
     at.multiselect(key="labels").set_value(["tabby", "pug"]).run()
     healthy(at)
     start, end = last_week(seeded)
-    n = sql(seeded, "SELECT count(*) FROM predictions WHERE top1_label IN ('tabby', 'pug') "
+    n = sql(seeded, "SELECT count(*) FROM predictions p JOIN outputs c ON c.prediction_id = p.id AND c.task = 'classify' "
+                    "WHERE json_extract_string(c.payload, '$.labels[0].label') IN ('tabby', 'pug') "
                     "AND created_at >= ? AND created_at < ?", [start, end])[0]
     ups, votes = sql(seeded, f"SELECT count(*) FILTER (WHERE verdict = 'up'), count(*) FROM ({LATEST_VERDICTS}) "
                              "WHERE top1_label IN ('tabby', 'pug') AND created_at >= ? AND created_at < ?",
@@ -120,13 +127,30 @@ def test_label_filter_changes_the_numbers_to_the_sql_value(make_app, seeded):
 def test_version_and_period_filters_reach_the_accuracy_tab(make_app, seeded):
     at = make_app(seeded).run()
     at.selectbox(key="period").set_value("All time").run()
-    at.multiselect(key="versions").set_value([OLDER]).run()
+    at.multiselect(key="versions_classify").set_value([OLDER]).run()
     open_tab(at, "Accuracy")
     healthy(at)
     table = at.dataframe[0].value
     assert list(table["version"]) == ["vit-base-patch16-224@synthetic-older"]
-    votes = sql(seeded, f"SELECT count(*) FROM ({LATEST_VERDICTS}) WHERE classifier_revision = 'synthetic-older'")[0]
+    votes = sql(seeded, f"SELECT count(*) FROM ({LATEST_VERDICTS}) WHERE classify_version = ?", [OLDER])[0]
     assert int(table["n_verdict"].iloc[0]) == votes
+
+
+def test_one_version_filter_per_task_in_the_log(make_app, seeded):
+    at = make_app(seeded).run()
+    healthy(at)
+    filters = {m.key: m for m in at.multiselect if m.key.startswith("versions_")}
+    assert set(filters) == {"versions_classify", "versions_caption"}  # the tasks the seeded log holds
+    assert OLDER_CAPTIONER in filters["versions_caption"].options or \
+        "blip-image-captioning-base@synthetic-older" in filters["versions_caption"].options
+    at.selectbox(key="period").set_value("All time").run()
+    at.multiselect(key="versions_caption").set_value([OLDER_CAPTIONER]).run()
+    healthy(at)
+    n = sql(seeded, "SELECT count(*) FROM outputs WHERE task = 'caption' AND model_version = ?", [OLDER_CAPTIONER])[0]
+    assert 0 < n < 5000 and metric(at, "Predictions") == f"{n:,}"  # requests whose caption came from that version
+    open_tab(at, "Accuracy")
+    votes = sql(seeded, f"SELECT count(*) FROM ({LATEST_VERDICTS}) WHERE caption_version = ?", [OLDER_CAPTIONER])[0]
+    assert int(at.dataframe[0].value["n_verdict"].sum()) == votes
 
 
 def test_verdict_filter(make_app, seeded):

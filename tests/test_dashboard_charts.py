@@ -112,6 +112,18 @@ def test_latency_has_p50_and_p95_per_stage_and_version():
     assert is_empty_state(charts.latency_over_time(performance().iloc[:0]))
 
 
+def test_latency_shows_a_plot_for_any_task_the_log_holds():
+    df = performance()
+    df.insert(len(df.columns) - 2, "explain_p50", [300.0, 310.0, 200.0])
+    df.insert(len(df.columns) - 2, "explain_p95", [400.0, 410.0, 250.0])
+    fig = charts.latency_over_time(df)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["Intake", "Classify (ViT)", "Caption (BLIP)", "Explain", "Total"]
+    assert len(fig.data) == 5 * 2 * 2
+    explain = [t for t in fig.data if "Explain" in t.hovertemplate and t.line.dash == "dash"]
+    assert sorted(max(t.y) for t in explain) == [250.0, 410.0]
+
+
 def test_requests_are_stacked_by_version():
     fig = charts.requests_over_time(performance())
     assert [t.name for t in fig.data] == ["a", "b"] and list(fig.data[0].y) == [10, 20]

@@ -26,6 +26,7 @@ WRITES = 80  # at 20 a second: about 4 s of writing
 WRITER = r"""
 import json, logging, sys, time
 from pipelines.log import eventlog
+from tests.logwriter import sample_row
 
 path, count, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 errors, flushes = [], []
@@ -48,12 +49,8 @@ print("ready", flush=True)
 predictions = feedback = 0
 started = time.monotonic()
 while predictions < count:
-    pid = log.log_prediction({
-        "image_sha256": f"{predictions:064x}", "classifier": "google/vit-base-patch16-224",
-        "classifier_revision": "3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3", "labels": ["tabby", "tiger cat"],
-        "scores": [0.7, 0.2], "top1_label": "tabby", "top1_score": 0.7, "caption": "a photo of a cat",
-        "intake_ms": 5.0, "classify_ms": 60.0, "caption_ms": 500.0, "total_ms": 570.0, "cached": False,
-        "source": "live-test"})
+    pid = log.log_prediction(sample_row(predictions, source="live-test", session_id=None,
+                                        caption="a photo of a cat"))
     predictions += 1
     if predictions % 3 == 0:
         log.log_feedback(pid, verdict="up")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import datetime, timedelta
 
 import duckdb
@@ -12,13 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from dashboard import export, logfile, metrics, queries, stats
-from pipelines.log import eventlog
-from pipelines.log import seed
+from pipelines.log import eventlog, rows, seed
 
 END = datetime(2025, 6, 1)
 T0 = datetime(2025, 5, 30, 12)
 NEW = ("google/vit-base-patch16-224", "3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3")
 OLD = ("google/vit-base-patch16-224", "older")
+BLIP = ("Salesforce/blip-image-captioning-base", "82a3b3c")
+NEW_V, OLD_V, BLIP_V = (f"{m}@{r}" for m, r in (NEW, OLD, BLIP))
+SEED_OLDER = "google/vit-base-patch16-224@synthetic-older"
 
 
 # -- logs ----------------------------------------------------------------------------------------------
@@ -32,13 +35,21 @@ def seeded(tmp_path_factory) -> str:
 
 
 def _prediction(pid: str, minutes: float, label: str, version=NEW, score=0.8, cached=False, source="upload",
-                image=None, total=100.0, caption=None) -> dict:
-    return {"id": pid, "created_at": T0 + timedelta(minutes=minutes), "image_sha256": image or pid * 4,
-            "classifier": version[0], "classifier_revision": version[1], "labels": [label, "x"],
-            "scores": [score, 0.1], "top1_label": label, "top1_score": score,
-            "caption": caption or f"a photo of a {label}",
-            "intake_ms": 5.0, "classify_ms": 0.0 if cached else 50.0, "caption_ms": 0.0 if cached else 400.0,
-            "total_ms": total, "cached": cached, "source": source}
+                image=None, total=100.0, caption=None, explain_ms=None) -> dict:
+    """A request's rows (prediction, classify and caption outputs, versions), plus an explain output if timed."""
+    made = rows.from_v2_row({
+        "id": pid, "created_at": T0 + timedelta(minutes=minutes), "image_sha256": image or pid * 4,
+        "classifier": version[0], "classifier_revision": version[1], "captioner": BLIP[0],
+        "captioner_revision": BLIP[1], "labels": [label, "x"], "scores": [score, 0.1],
+        "caption": caption or f"a photo of a {label}",
+        "intake_ms": 5.0, "classify_ms": 0.0 if cached else 50.0, "caption_ms": 0.0 if cached else 400.0,
+        "total_ms": total, "cached": cached, "source": source})
+    if explain_ms is not None:
+        v = f"{version[0]}@{version[1]}"
+        made["outputs"].append({"prediction_id": pid, "task": "explain", "model_version": v, "precision": "fp32",
+                                "payload": {"model": v, "label": label, "heatmap": [[0.0, 1.0], [0.5, 0.25]]},
+                                "ms": explain_ms})
+    return made
 
 
 def _feedback(fid: str, pid: str, minutes: float, verdict=None, corrected=None, edited=None) -> dict:
@@ -53,10 +64,10 @@ def handmade(tmp_path_factory) -> str:
     predictions = [
         _prediction("p1", 0, "tabby", score=0.95, total=100, image="same"),
         _prediction("p2", 10, "beagle", score=0.55, total=200, image="same"),
-        _prediction("p3", 20, "tabby", score=0.35, total=300),
+        _prediction("p3", 20, "tabby", score=0.35, total=300, explain_ms=900.0),
         _prediction("p4", 30, "tabby", version=OLD, score=0.85, total=400, cached=True),
-        _prediction("p5", 40, "beagle", version=OLD, score=0.15, total=500, source="example"),
-        _prediction("p6", 50, "beagle", score=0.65, total=600),
+        _prediction("p5", 40, "beagle", version=OLD, score=0.15, total=500, source="example", explain_ms=700.0),
+        _prediction("p6", 50, "beagle", score=0.65, total=600, explain_ms=1100.0),
         # the window before: three days earlier
         _prediction("q1", -3 * 24 * 60, "tabby", total=1000),
     ]
@@ -72,7 +83,9 @@ def handmade(tmp_path_factory) -> str:
         _feedback("f9", "q1", -3 * 24 * 60 + 1, verdict="up"),
     ]
     with eventlog.writer(path) as con:
-        eventlog.insert_rows(con, "predictions", predictions)
+        eventlog.insert_rows(con, "predictions", [p["prediction"] for p in predictions])
+        eventlog.insert_rows(con, "model_versions", [v for p in predictions for v in p["versions"]])
+        eventlog.insert_rows(con, "outputs", [o for p in predictions for o in p["outputs"]])
         eventlog.insert_rows(con, "feedback", feedback)
     return str(path)
 
@@ -89,9 +102,14 @@ WINDOW = queries.Filters(start=datetime(2025, 5, 30), end=datetime(2025, 5, 31))
 
 def reference(path: str, f: queries.Filters) -> pd.DataFrame:
     """Predictions matching f with their latest verdict/correction and latest edit, computed in pandas."""
-    with eventlog.reader(path) as con:
+    with eventlog.reader(path) as con:  # the raw tables, read without the wide relation
         p = con.execute("SELECT * FROM predictions").df()
+        outputs = con.execute("SELECT prediction_id, task, model_version, payload FROM outputs").df()
         fb = con.execute("SELECT * FROM feedback").df()
+    classify = outputs[outputs["task"] == "classify"].set_index("prediction_id")
+    top1 = [json.loads(payload)["labels"][0] for payload in classify["payload"]]
+    p = p.join(pd.DataFrame({"top1_label": [t["label"] for t in top1], "top1_score": [t["score"] for t in top1]},
+                            index=classify.index), on="id")
     votes = fb[fb["verdict"].notna()].sort_values("created_at").groupby("prediction_id").last()
     edits = fb[fb["edited_caption"].notna()].sort_values("created_at").groupby("prediction_id").last()
     p = p.join(votes[["verdict", "corrected_label"]], on="id").join(edits[["edited_caption"]], on="id")
@@ -104,8 +122,9 @@ def reference(path: str, f: queries.Filters) -> pd.DataFrame:
         keep &= p["top1_label"].isin(f.labels)
     if f.sources:
         keep &= p["source"].isin(f.sources)
-    if f.versions:
-        keep &= pd.Series(list(zip(p["classifier"], p["classifier_revision"])), index=p.index).isin(f.versions)
+    for task, versions in f.versions:
+        chosen = outputs[(outputs["task"] == task) & outputs["model_version"].isin(versions)]
+        keep &= p["id"].isin(chosen["prediction_id"])
     if f.verdicts:
         v = p["verdict"].where(p["verdict"].notna(), queries.VERDICT_NONE)
         keep &= v.isin(f.verdicts)
@@ -116,7 +135,9 @@ def test_context_lists_versions_sources_and_labels(handmade):
     with eventlog.reader(handmade) as con:
         ctx = queries.context(con)
     assert ctx.predictions == 7 and ctx.feedback == 9
-    assert set(ctx.versions) == {NEW, OLD}
+    assert ctx.versions == (("classify", (NEW_V, OLD_V)), ("caption", (BLIP_V,)), ("explain", (NEW_V, OLD_V)))
+    assert ctx.version_label(NEW_V) == "vit-base-patch16-224@3f49326" and ctx.version_label(BLIP_V) == \
+        "blip-image-captioning-base@82a3b3c"
     assert ctx.sources == ("upload", "example")  # most common first
     assert ctx.labels[0] in ("tabby", "beagle") and set(ctx.labels) == {"tabby", "beagle"}
     assert ctx.newest == T0 + timedelta(minutes=50)
@@ -172,6 +193,15 @@ def test_performance_leaves_cache_hits_out_of_model_stages(handmade):
     assert old["total_p50"] == pytest.approx(450.0)
 
 
+def test_performance_shows_every_task_in_the_log(handmade):
+    out = run(handmade, queries.performance, WINDOW)["over_time"]
+    stages = [c.removesuffix("_p50") for c in out.columns if c.endswith("_p50")]
+    assert stages == ["intake", "classify", "caption", "explain", "total"]  # explain from its outputs, no column
+    by_version = out.set_index("version")
+    assert by_version.loc[stats.version_label(*NEW), "explain_p50"] == pytest.approx(1000.0)  # p3 and p6
+    assert by_version.loc[stats.version_label(*OLD), "explain_p95"] == pytest.approx(700.0)  # p5 (p4 had none)
+
+
 def test_confidence_bins_and_reliability(handmade):
     out = run(handmade, queries.confidence, WINDOW)
     bins = out["bins"]
@@ -207,7 +237,10 @@ def test_recent_rows_newest_first_with_feedback(handmade):
 
 @pytest.mark.parametrize("f, expected", [
     (queries.Filters(labels=("beagle",)), {"p2", "p5", "p6"}),
-    (queries.Filters(versions=(OLD,)), {"p4", "p5"}),
+    (queries.Filters(versions=(("classify", (OLD_V,)),)), {"p4", "p5"}),
+    (queries.Filters(versions=(("classify", (OLD_V, NEW_V)), ("explain", (NEW_V,)))), {"p3", "p6"}),
+    (queries.Filters(versions=(("explain", (OLD_V,)), ("caption", (BLIP_V,)))), {"p5"}),
+    (queries.Filters(versions=(("caption", ("no-such-version",)),)), set()),
     (queries.Filters(sources=("example",)), {"p5"}),
     (queries.Filters(verdicts=("down",)), {"p2", "p6"}),
     (queries.Filters(verdicts=("none",), labels=("tabby",)), {"p3", "p4"}),
@@ -224,7 +257,7 @@ def test_filters_select_the_right_rows(handmade, f, expected):
     queries.Filters(),
     queries.Filters(start=datetime(2025, 5, 20), end=datetime(2025, 5, 27)),
     queries.Filters(labels=("tabby", "pug"), verdicts=("up", "none")),
-    queries.Filters(versions=(("google/vit-base-patch16-224", "synthetic-older"),), sources=("synthetic",)),
+    queries.Filters(versions=(("classify", (SEED_OLDER,)),), sources=("synthetic",)),
 ])
 def test_pages_agree_with_pandas_reference(seeded, f):
     ref = reference(seeded, f)
@@ -338,7 +371,7 @@ def test_foreign_newer_and_non_duckdb_files_are_named_errors(tmp_path):
     assert text.kind == "unreadable" and "notes.duckdb" in text.message
 
 
-def test_a_log_at_the_first_schema_version_still_reads(tmp_path):
+def test_a_log_older_than_schema_3_asks_for_the_demo_to_migrate_it(tmp_path):
     path = tmp_path / "v1.duckdb"
     con = duckdb.connect(str(path))  # as an imagerec from before any later migration left it
     version, description, statements = eventlog.MIGRATIONS[0]
@@ -350,11 +383,16 @@ def test_a_log_at_the_first_schema_version_still_reads(tmp_path):
     con.execute("INSERT INTO predictions (id, created_at, image_sha256, top1_label, top1_score, total_ms, source) "
                 "VALUES ('a', TIMESTAMP '2025-05-30 12:00', 'x', 'tabby', 0.9, 100, 'upload')")
     con.close()
+    old = state(path)
+    assert old.kind == "older" and "python -m demo" in old.message  # the dashboard reads, never migrates
+    with eventlog.writer(path):  # what the demo does when it opens the log
+        pass
     assert state(path).ok
     with eventlog.reader(path) as con:
         for name, page in queries.PAGES.items():
             page(con, queries.Filters())
-        assert queries.export(con, queries.Filters(), "csv").num_rows == 1
+        table = queries.export(con, queries.Filters(), "csv")
+    assert table.num_rows == 1 and table.column("top1_label").to_pylist() == ["tabby"]
 
 
 def test_signature_changes_when_the_log_is_written(tmp_path):

@@ -126,10 +126,10 @@ def test_an_unknown_task_is_refused_with_a_sentence(client):
 def test_a_row_is_readable_from_another_process_within_2s(client, server):
     result = client.predict(handle_file(str(PHOTO)), api_name="/predict")
     started = time.monotonic()
-    probe = ("import sys, time\nfrom pipelines.log import eventlog\n"
+    probe = ("import sys, time\nfrom pipelines.log import eventlog, sql\n"
              "deadline = time.monotonic() + 2.0\n"
              "while time.monotonic() < deadline:\n"
-             "    rows = eventlog.query(sys.argv[1], 'SELECT top1_label, source FROM predictions WHERE id = ?', [sys.argv[2]])\n"
+             "    rows = eventlog.query(sys.argv[1], f'SELECT top1_label, source FROM {sql.wide()} WHERE id = ?', [sys.argv[2]])\n"
              "    if len(rows):\n"
              "        print(rows.top1_label[0], rows.source[0]); break\n"
              "    time.sleep(0.05)\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from pipelines.log import eventlog
+from pipelines.log import eventlog, sql
 from tests.browser import recognize_upload, screenshot_path
 from devtools.demo_server import PHOTOS, ROOT, launched, test_settings
 
@@ -87,7 +87,7 @@ def test_upload_edit_and_correct_in_the_browser(browser, tiny_classifier_dir, ti
         finally:
             page.close()
 
-        predictions = _rows(db, "SELECT id, caption, source, session_id FROM predictions", [], 1)
+        predictions = _rows(db, f"SELECT id, caption, source, session_id FROM {sql.wide()}", [], 1)
         assert len(predictions) == 1
         prediction = predictions.iloc[0]
         assert prediction.caption == shown_caption and prediction.source == "demo" and prediction.session_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,9 +13,10 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
-from pipelines.log import eventlog
+from pipelines.log import eventlog, sql
 from pipelines.log.eventlog import EventLog, FeedbackRejected, LogError
 from tests.logwriter import sample_row
 
@@ -36,8 +38,8 @@ def test_schema_is_created_and_versioned(tmp_path):
         pass
     with eventlog.reader(db) as con:
         assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION
-        columns = {r[0] for r in con.execute("DESCRIBE predictions").fetchall()}
-    assert set(eventlog.PREDICTION_COLUMNS) == columns
+        for table, expected in sql.COLUMNS.items():
+            assert [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()] == list(expected), table
 
 
 def _damaged_files(tmp_path, good_log):
@@ -152,11 +154,11 @@ def test_the_same_feedback_twice_counts_once(tmp_path):
 def test_prediction_and_feedback_round_trip(tmp_path):
     db = tmp_path / "log.duckdb"
     with EventLog(db, flush_interval=60) as log:
-        pid = log.log_prediction(sample_row(1) | {"caption": "it's a \"quoted\" caption; DROP TABLE x"})
+        pid = log.log_prediction(sample_row(1, caption="it's a \"quoted\" caption; DROP TABLE x"))
         log.log_feedback(pid, verdict="down", corrected_label="tiger cat")
         log.log_feedback(pid, edited_caption="a striped cat")
         assert log.flush() == 3
-    row = eventlog.query(db, "SELECT * FROM predictions WHERE id = ?", [pid]).iloc[0]
+    row = eventlog.query(db, f"SELECT * FROM {sql.wide()} p WHERE id = ?", [pid]).iloc[0]
     assert list(row.labels) == ["tabby", "tiger cat"] and row.top1_label == "tabby"
     assert row.caption == "it's a \"quoted\" caption; DROP TABLE x"
     assert isinstance(row.created_at, datetime) or hasattr(row.created_at, "year")
@@ -239,7 +241,7 @@ def test_writer_and_reader_processes_at_once(tmp_path):
 
 READER = r"""
 import sys, time
-from pipelines.log import eventlog
+from pipelines.log import eventlog, sql
 db, seconds = sys.argv[1], float(sys.argv[2])
 reads = errors = 0
 max_lag = 0.0
@@ -249,7 +251,7 @@ while time.monotonic() < deadline:
         with eventlog.reader(db) as con:
             n, newest = con.execute(
                 "SELECT count(*), max(created_at) FROM predictions").fetchone()
-            con.execute("SELECT top1_label, count(*) FROM predictions GROUP BY ALL").fetchall()
+            con.execute(f"SELECT top1_label, count(*) FROM {sql.wide('top1_label')} GROUP BY ALL").fetchall()
         reads += 1
         if newest is not None and n > 0:
             max_lag = max(max_lag, (eventlog.utcnow() - newest).total_seconds())
@@ -286,17 +288,18 @@ def test_a_version_1_log_is_migrated_in_place(tmp_path):
     con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL, "
                 "description VARCHAR)")
     version, description, statements = eventlog.MIGRATIONS[0]
-    for sql in statements:
-        con.execute(sql)
+    for statement in statements:
+        con.execute(statement)
     con.execute("INSERT INTO schema_migrations VALUES (?, now(), ?)", [version, description])
     con.execute("INSERT INTO predictions (id, created_at, image_sha256, top1_label) VALUES ('old', now(), 'ab', 'tabby')")
     con.close()
     with EventLog(db) as log:
-        log.log_prediction(sample_row(1) | {"classifier_precision": "int8"})
+        log.log_prediction(sample_row(1))
     with eventlog.reader(db) as con:
-        assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION == 2
-        rows = con.execute("SELECT id, top1_label, classifier_precision FROM predictions ORDER BY id").fetchall()
-    assert rows[-1] == ("old", "tabby", None) and rows[0][2] == "int8"
+        assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION == 3
+        rows = con.execute(f"SELECT id, top1_label, classifier_precision, caption FROM {sql.wide()} ORDER BY id").fetchall()
+    # the schema-1 row had only a top-1 label: it becomes a classify output of that one label
+    assert rows[-1] == ("old", "tabby", None, None) and rows[0][2] == "fp32"
 
 
 def test_a_journal_replaced_under_the_writer_is_kept_aside_and_never_replayed(tmp_path):
@@ -319,3 +322,146 @@ def test_a_journal_replaced_under_the_writer_is_kept_aside_and_never_replayed(tm
     with EventLog(db):
         pass
     assert set(eventlog.query(db, "SELECT id FROM predictions").id) == {pending, later}
+
+
+def test_a_version_2_log_written_by_the_old_code_is_migrated_without_losing_a_row(tmp_path):
+    from pipelines.log import sql
+    from pipelines.models import version_of
+    from tests import v2log
+
+    db = tmp_path / "v2.duckdb"
+    written = v2log.build(db)
+    with eventlog.reader(db) as con:
+        assert eventlog.schema_version(con) == 2
+    with EventLog(db, flush_interval=60):  # migrates, then replays the old journal line
+        pass
+    with eventlog.reader(db) as con:
+        assert eventlog.schema_version(con) == 3
+        assert {r[0] for r in con.execute("DESCRIBE predictions").fetchall()} == set(sql.PREDICTION_COLUMNS)
+        cursor = con.execute(f"SELECT * FROM {sql.wide()}")
+        names = [d[0] for d in cursor.description]
+        wide = {row[0]: dict(zip(names, row)) for row in cursor.fetchall()}
+        versions = con.execute("SELECT version, model, revision FROM model_versions ORDER BY version").fetchall()
+        feedback = con.execute("SELECT * FROM feedback ORDER BY id").fetchall()
+        tasks = con.execute("SELECT prediction_id, task FROM outputs ORDER BY ALL").fetchall()
+    old = written["rows"]
+    assert set(wide) == {r["id"] for r in old}  # every row, the journal's pending one included
+    for r in old:
+        w = wide[r["id"]]
+        for column in ("created_at", "image_sha256", "width", "height", "intake_ms", "total_ms", "cached", "source",
+                       "session_id", "top1_label", "caption", "prompt", "classifier_precision"):
+            assert w[column] == r[column], (r["id"], column, w[column], r[column])
+        assert w["labels"] == r["labels"] and w["scores"] == r["scores"] and w["top1_score"] == r["top1_score"]
+        assert w["classify_ms"] == r["classify_ms"]
+        assert w["classify_version"] == version_of(r["classifier"], r["classifier_revision"])
+        assert (w["classifier"], w["classifier_revision"]) == (r["classifier"], r["classifier_revision"])
+        if r["caption"] is None:  # no caption made: no caption output, and nothing invented
+            assert (r["id"], "caption") not in tasks and w["caption_version"] is None
+        else:
+            assert w["caption_ms"] == r["caption_ms"] and w["captioner_precision"] == r["captioner_precision"]
+            assert w["caption_version"] == version_of(r["captioner"], r["captioner_revision"])
+    assert wide["v2-0006"]["labels"] == ["tabby, tabby cat", 'say "cheese"']
+    assert wide["v2-0001"]["prompt"] == "a photo of" and wide["v2-0007"]["prompt"] == "a picture of"
+    assert wide["v2-0003"]["classify_version"] == "../shared/models/mobilenet_v2_1.0_224"  # no revision: the id alone
+    expected = {version_of(m, r) for row in old for m, r in ((row["classifier"], row["classifier_revision"]),
+                                                             (row["captioner"], row["captioner_revision"]))}
+    assert sorted(v for v, _, _ in versions) == sorted(expected)  # each distinct version once
+    assert ("../shared/models/mobilenet_v2_1.0_224", "../shared/models/mobilenet_v2_1.0_224", None) in versions
+    assert [tuple(f) for f in feedback] == [tuple(f) for f in written["feedback"]]
+    with eventlog.reader(db) as con:  # the typed headline agrees with the payload it was taken from
+        assert con.execute("SELECT count(*) FROM outputs WHERE task = 'classify' AND (label IS DISTINCT FROM "
+                           "json_extract_string(payload, '$.labels[0].label') OR score IS DISTINCT FROM "
+                           "CAST(json_extract(payload, '$.labels[0].score') AS DOUBLE))").fetchall() == [(0,)]
+    assert len(tasks) == 2 * len(old) - 1  # one caption was never made
+    assert db.with_name(db.name + ".journal").stat().st_size == 0
+
+
+def test_the_migration_is_atomic(tmp_path, monkeypatch):
+    from pipelines.log import sql
+    from tests import v2log
+
+    db = tmp_path / "v2.duckdb"
+    v2log.build(db)
+    db.with_name(db.name + ".journal").unlink()
+    version, description, statements = sql.MIGRATIONS[2]
+    broken = statements[:-1] + ("ALTER TABLE predictions DROP COLUMN no_such_column",)  # fails after the rest ran
+    monkeypatch.setattr(eventlog, "MIGRATIONS", sql.MIGRATIONS[:2] + ((version, description, broken),))
+    with pytest.raises(duckdb.Error):
+        with eventlog.writer(db):
+            pass
+    with eventlog.reader(db) as con:
+        assert eventlog.schema_version(con) == 2
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert "outputs" not in tables and "model_versions" not in tables
+        assert con.execute("SELECT count(labels) FROM predictions").fetchall()[0][0] == 7
+
+
+def test_a_wide_schema_2_row_is_still_taken(tmp_path):
+    from tests import v2log
+
+    db = tmp_path / "log.duckdb"
+    old = v2log.prediction_row(v2log.result(1, prompt="a photo of", caption="a photo of a cat"), source="api")
+    with EventLog(db, flush_interval=60) as log:
+        pid = log.log_prediction(old | {"id": ""})  # the id is the log's to give, as before
+    row = eventlog.query(db, f"SELECT * FROM {sql.wide()} p WHERE id = ?", [pid]).iloc[0]
+    assert (row.top1_label, row.caption, row.prompt, row.classify_version) == \
+        ("tabby", "a photo of a cat", "a photo of", "google/vit-base-patch16-224@3f49326")
+    assert list(row.labels) == ["tabby", "tiger cat"] and row.caption_ms == old["caption_ms"]
+
+
+def test_prediction_rows_log_every_task_with_its_version_once(tmp_path):
+    from pipelines.log.rows import prediction_rows
+    from tests.logwriter import CLASSIFIER, sample_result
+
+    result = sample_result(1)
+    heatmap = [[0.0, 0.5], [1.0, 0.25]]
+    result["outputs"]["explain"] = {"model": CLASSIFIER, "label": "tabby", "heatmap": heatmap}
+    result["runs"]["explain"] = result["runs"]["classify"] | {"ms": 40.0, "precision": "fp32"}
+    result["outputs"]["zero_shot"] = {"model": "openai/clip@abc", "labels": [{"label": "a dog", "score": 0.6}]}
+    result["runs"]["zero_shot"] = {"model": "openai/clip@abc", "model_id": "openai/clip", "revision": "abc",
+                                   "precision": None, "ms": 12.0, "cached": True}
+    rows = prediction_rows(result, source="api", session_id="s")
+    assert [o["task"] for o in rows["outputs"]] == ["classify", "caption", "explain", "zero_shot"]
+    assert sorted(v["version"] for v in rows["versions"]) == sorted({CLASSIFIER, "openai/clip@abc",
+                                                                     "Salesforce/blip-image-captioning-base@82a3b3c"})
+    db = tmp_path / "log.duckdb"
+    with EventLog(db, flush_interval=60) as log:
+        pid = log.log_prediction(rows)
+        log.log_prediction(prediction_rows(sample_result(2), source="api", session_id="s"))  # the same versions again
+    outputs = eventlog.query(db, "SELECT task, model_version, precision, payload, ms, label, score FROM outputs "
+                                 "WHERE prediction_id = ? ORDER BY task", [pid])
+    explain = outputs.set_index("task").loc["explain"]
+    assert json.loads(explain.payload) == result["outputs"]["explain"] and explain.ms == 40.0
+    assert (explain.label, explain.model_version) == ("tabby", CLASSIFIER)
+    zero = outputs.set_index("task").loc["zero_shot"]
+    assert (zero.label, zero.score, zero.ms) == ("a dog", 0.6, 12.0)
+    caption = outputs.set_index("task").loc["caption"]
+    assert pd.isna(caption.label) and json.loads(caption.payload)["caption"] == "a cat number 1"
+    versions = eventlog.query(db, "SELECT version, model, revision FROM model_versions ORDER BY version")
+    assert list(versions.version) == sorted({CLASSIFIER, "openai/clip@abc", "Salesforce/blip-image-captioning-base@82a3b3c"})
+    assert versions.set_index("version").loc["openai/clip@abc"].tolist() == ["openai/clip", "abc"]
+
+
+def test_the_export_keeps_todays_columns_with_the_latest_feedback(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.log import export
+    from tests import v2log
+
+    db = tmp_path / "v2.duckdb"
+    v2log.build(db)
+    with EventLog(db, flush_interval=60) as log:  # migrated; then a later verdict replaces the first one
+        log.log_feedback("v2-0000", verdict="up")
+    table = pq.read_table(export.to_parquet(db, tmp_path))
+    names = table.column_names
+    # schema 2's export: every predictions column, then the latest feedback; schema 3 adds each task's version
+    assert names[:len(v2log.V2_COLUMNS)] == list(v2log.V2_COLUMNS)
+    assert names[len(v2log.V2_COLUMNS):] == ["classify_version", "caption_version", "verdict", "corrected_label",
+                                             "edited_caption"]
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert len(rows) == 8 and list(rows) == sorted(rows)  # by created_at, as before
+    first = rows["v2-0000"]
+    assert (first["verdict"], first["corrected_label"], first["edited_caption"]) == ("up", None, "a cat asleep on a sofa")
+    assert first["labels"] == ["tabby", "tiger cat"] and first["scores"] == [0.7, 0.2]
+    assert (rows["v2-0002"]["verdict"], rows["v2-0002"]["classifier_revision"]) == ("up", "synthetic-older")
+    assert rows["v2-0007"]["prompt"] == "a picture of" and rows["v2-0004"]["caption"] is None

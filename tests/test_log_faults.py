@@ -47,7 +47,7 @@ def logger():
     i = 0
     while True:
         session = f"{round_}-{rng.randrange(3)}"
-        pid = log.log_prediction(sample_row(i) | {"session_id": session})
+        pid = log.log_prediction(sample_row(i, session_id=session))
         say("P", pid, session, int(pid.durable))
         with lock:
             acked.append((pid, session))
@@ -167,6 +167,8 @@ def test_deleted_rows_never_come_back_over_20_kills(tmp_path):
     feedback_ids = set(feedback.id)
     feedback_lost = {f for f, p in ledger["feedback"].items() if p in must_stay and f not in feedback_ids}
     orphans = int((~feedback.prediction_id.isin(found)).sum())
+    outputs = eventlog.query(db, "SELECT prediction_id, task FROM outputs")
+    output_orphans = int((~outputs.prediction_id.isin(found)).sum())
     print(f"\n{kills[signal.SIGKILL]} SIGKILLs and {kills[signal.SIGTERM]} SIGTERMs; predictions acknowledged "
           f"{len(ledger['acked'])}, deleted {len(ledger['deleted'])}, in flight at a kill "
           f"{len(ledger['uncertain'])}; resurrected after SIGKILL {resurrected[signal.SIGKILL]}, after SIGTERM "
@@ -175,6 +177,7 @@ def test_deleted_rows_never_come_back_over_20_kills(tmp_path):
     assert len(ledger["deleted"]) >= KILLS, "every round deletes at least one row before its kill"
     assert resurrected == {signal.SIGKILL: 0, signal.SIGTERM: 0}
     assert not lost and not feedback_lost and orphans == 0
+    assert output_orphans == 0 and len(outputs) == 2 * len(found)  # each request's two outputs, none of a deleted one
     assert not found & ledger["deleted"]
 
 
@@ -318,7 +321,7 @@ def test_a_journal_deleted_under_the_writer_is_recreated_and_a_second_writer_ref
 def test_feedback_deletes_reads_and_flushes_in_threads_never_conflict(tmp_path):
     db = tmp_path / "log.duckdb"
     log = EventLog(db, flush_interval=0.01).open()
-    ids = [log.log_prediction(sample_row(i) | {"session_id": f"s{i % 8}"}) for i in range(240)]
+    ids = [log.log_prediction(sample_row(i, session_id=f"s{i % 8}")) for i in range(240)]
     log.flush()
     log._known.clear()  # knows() and the duplicate check must ask DuckDB, as they do for older rows
     errors: list[str] = []
@@ -381,7 +384,7 @@ def test_purge_refuses_a_path_that_is_not_a_log_and_creates_nothing(tmp_path):
 def test_purge_goes_through_the_journal_and_waits_for_no_running_writer(tmp_path):
     db = tmp_path / "log.duckdb"
     log = EventLog(db, flush_interval=60).open()
-    old = [log.log_prediction(sample_row(i) | {"created_at": datetime.now() - timedelta(days=40)}) for i in range(4)]
+    old = [log.log_prediction(sample_row(i, created_at=datetime.now() - timedelta(days=40))) for i in range(4)]
     log.log_feedback(old[0], verdict="up")
     fresh = log.log_prediction(sample_row(9))
     out = _purge("--db", str(db), "--older-than", "30")  # refused: the writer holds the log
@@ -394,6 +397,7 @@ def test_purge_goes_through_the_journal_and_waits_for_no_running_writer(tmp_path
     with EventLog(db):  # the next start replays the journal: the purged rows stay purged
         pass
     assert _ids(db) == {fresh} and not _ids(db, "feedback")
+    assert set(eventlog.query(db, "SELECT prediction_id FROM outputs").prediction_id) == {fresh}
 
 
 def test_the_demo_closes_its_log_on_sigterm_and_deletions_stay_deleted(tiny_classifier_dir, tiny_captioner_dir,

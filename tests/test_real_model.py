@@ -13,7 +13,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from pipelines.log import eventlog
+from pipelines.log import eventlog, sql
 from pipelines.models import precision as prec
 from pipelines.tasks.classify import Classifier
 from pipelines.intake import load_image
@@ -158,7 +158,7 @@ def test_python_m_demo_answers_with_mobilenet_by_folder(tiny_captioner_dir, phot
         deadline = time.monotonic() + 10.0
         rows = []
         while time.monotonic() < deadline and not len(rows):
-            rows = eventlog.query(db, "SELECT top1_label, classifier, classifier_precision FROM predictions "
+            rows = eventlog.query(db, f"SELECT top1_label, classifier, classifier_precision FROM {sql.wide()} "
                                       "WHERE id = ?", [result["id"]])
             time.sleep(0.1)
         assert len(rows) == 1, "the row did not reach the log within 10 s"

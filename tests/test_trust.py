@@ -201,16 +201,18 @@ def test_purge_command_removes_old_rows_and_their_images(tmp_path):
     db, images = tmp_path / "log.duckdb", tmp_path / "images"
     store = privacy.ImageStore(images)
     with EventLog(db) as log:
-        old = [log.log_prediction(sample_row(i) | {"created_at": datetime.now() - timedelta(days=40),
-                                                   "image_file": store.save(Image.new("RGB", (32, 32)))})
+        old = [log.log_prediction(sample_row(i, created_at=datetime.now() - timedelta(days=40),
+                                             image_file=store.save(Image.new("RGB", (32, 32)))))
                for i in range(3)]
         log.log_feedback(old[0], verdict="up")
-        fresh = log.log_prediction(sample_row(9) | {"image_file": store.save(Image.new("RGB", (32, 32)))})
+        fresh = log.log_prediction(sample_row(9, image_file=store.save(Image.new("RGB", (32, 32)))))
     out = subprocess.run([sys.executable, "-m", "pipelines.privacy", "purge", "--db", str(db), "--images-dir",
                           str(images), "--older-than", "30"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Deleted 3 prediction(s), 1 feedback row(s), 3 kept image(s)" in out.stdout
     assert list(_rows(db, "SELECT id FROM predictions").id) == [fresh]
+    assert sorted(_rows(db, "SELECT prediction_id, task FROM outputs").itertuples(index=False)) == \
+        [(fresh, "caption"), (fresh, "classify")]  # the deleted requests' outputs went with them
     assert len(list(images.iterdir())) == 1
 
 
@@ -293,7 +295,7 @@ def test_hostile_text_is_shown_escaped_in_the_dashboard(browser, tmp_path):
     db = tmp_path / "log.duckdb"
     with EventLog(db) as log:
         for i, text in enumerate(HOSTILE):
-            pid = log.log_prediction(sample_row(i) | {"top1_label": text, "labels": [text, "tabby"], "caption": text})
+            pid = log.log_prediction(sample_row(i, labels=[text, "tabby"], caption=text))
             log.log_feedback(pid, verdict="down", corrected_label=text)
             log.log_feedback(pid, edited_caption=text + " (edited)")
     with streamlit_server(db) as url:

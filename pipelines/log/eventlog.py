@@ -32,63 +32,19 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import duckdb
 import pyarrow as pa
 
+from pipelines.log import rows as log_rows
+from pipelines.log import sql
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-
-# Each migration: (version, description, statements). Never edit one that has shipped; add a new one.
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (1, "predictions and feedback", (
-        """CREATE TABLE predictions (
-            id VARCHAR PRIMARY KEY,
-            created_at TIMESTAMP NOT NULL,          -- UTC
-            image_sha256 VARCHAR NOT NULL,
-            width INTEGER,
-            height INTEGER,
-            classifier VARCHAR,
-            classifier_revision VARCHAR,
-            captioner VARCHAR,
-            captioner_revision VARCHAR,
-            labels VARCHAR[],
-            scores DOUBLE[],
-            top1_label VARCHAR,
-            top1_score DOUBLE,
-            caption VARCHAR,
-            prompt VARCHAR,
-            intake_ms DOUBLE,
-            classify_ms DOUBLE,
-            caption_ms DOUBLE,
-            total_ms DOUBLE,
-            cached BOOLEAN,
-            source VARCHAR,
-            session_id VARCHAR
-        )""",
-        """CREATE TABLE feedback (
-            id VARCHAR PRIMARY KEY,
-            prediction_id VARCHAR NOT NULL,
-            created_at TIMESTAMP NOT NULL,          -- UTC
-            verdict VARCHAR CHECK (verdict IN ('up', 'down')),
-            corrected_label VARCHAR,
-            edited_caption VARCHAR
-        )""",
-    )),
-    (2, "stored image file and model precision", (
-        "ALTER TABLE predictions ADD COLUMN image_file VARCHAR",  # opt-in stored copy, see pipelines.log.privacy
-        "ALTER TABLE predictions ADD COLUMN classifier_precision VARCHAR",
-        "ALTER TABLE predictions ADD COLUMN captioner_precision VARCHAR",
-    )),
-)
-
-PREDICTION_COLUMNS: tuple[str, ...] = (
-    "id", "created_at", "image_sha256", "width", "height", "classifier", "classifier_revision",
-    "captioner", "captioner_revision", "labels", "scores", "top1_label", "top1_score", "caption",
-    "prompt", "intake_ms", "classify_ms", "caption_ms", "total_ms", "cached", "source", "session_id",
-    "image_file", "classifier_precision", "captioner_precision",
-)
-FEEDBACK_COLUMNS: tuple[str, ...] = (
-    "id", "prediction_id", "created_at", "verdict", "corrected_label", "edited_caption",
-)
-_COLUMNS = {"predictions": PREDICTION_COLUMNS, "feedback": FEEDBACK_COLUMNS}
+# The schema, its migrations and every table's columns live in pipelines.log.sql, with the rest of the SQL.
+SCHEMA_VERSION = sql.SCHEMA_VERSION
+MIGRATIONS = sql.MIGRATIONS
+PREDICTION_COLUMNS = sql.PREDICTION_COLUMNS
+OUTPUT_COLUMNS = sql.OUTPUT_COLUMNS
+VERSION_COLUMNS = sql.VERSION_COLUMNS
+FEEDBACK_COLUMNS = sql.FEEDBACK_COLUMNS
+_COLUMNS = sql.COLUMNS
 VERDICTS = ("up", "down")
 MAX_CAPTION_CHARS = 1000
 MAX_LABEL_CHARS = 200
@@ -198,8 +154,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL, description VARCHAR)""")
         for version, description, statements in MIGRATIONS:
             if version > found:
-                for sql in statements:
-                    con.execute(sql)
+                for statement in statements:
+                    con.execute(statement)
                 con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, utcnow(), description])
         con.execute("COMMIT")
     except Exception:
@@ -254,7 +210,9 @@ def check(path: str | os.PathLike) -> None:
     """Create or migrate the log and read every table through, so a damaged file fails now, not mid-request."""
     with writer(path) as con:
         for table in _COLUMNS:
-            con.execute(f"SELECT count(*), max(length(id)), max(created_at) FROM {table}").fetchall()
+            key = sql.KEYS[table][0]
+            when = "max(created_at)" if "created_at" in _COLUMNS[table] else "count(*)"
+            con.execute(f"SELECT count(*), max(length({key})), {when} FROM {table}").fetchall()
 
 
 def query(path: str | os.PathLike, sql: str, params: Sequence[Any] | dict | None = None):
@@ -263,26 +221,38 @@ def query(path: str | os.PathLike, sql: str, params: Sequence[Any] | dict | None
         return con.execute(sql, params or []).df()
 
 
-def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict]) -> None:
-    """Insert rows by id, ignoring ids already present, so replays are harmless.
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict] | pa.Table) -> None:
+    """Insert rows (dicts, or an Arrow table with the table's columns) by key, ignoring keys already present.
 
-    Feedback goes in only for a prediction that is in the table, so none outlives a deleted prediction.
+    So replays are harmless, and a model version keeps the first_seen of its first insert. Outputs and
+    feedback go in only for a prediction that is in the table, so none outlives a deleted prediction.
     """
-    if not rows:
+    if rows is None or not len(rows):
         return
     columns = _COLUMNS[table]
     # One Arrow batch per call: DuckDB inserts it in a few ms, where executemany costs ~10 ms a row.
     if table not in _ARROW_SCHEMAS:
         _ARROW_SCHEMAS[table] = con.sql(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0").to_arrow_table().schema
     schema = _ARROW_SCHEMAS[table]
-    incoming = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows], schema=schema)
+    if isinstance(rows, pa.Table):
+        incoming = rows.select(list(columns)).cast(schema)
+    else:
+        if table == "outputs":  # a payload is the task's output dict; the column holds its JSON text
+            rows = [row | {"payload": _payload(row.get("payload"))} for row in rows]
+        incoming = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows], schema=schema)
     con.register("incoming_rows", incoming)
     try:
-        known = " WHERE prediction_id IN (SELECT id FROM predictions)" if table == "feedback" else ""
+        known = " WHERE prediction_id IN (SELECT id FROM predictions)" if "prediction_id" in columns else ""
         con.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
                     f"SELECT {', '.join(columns)} FROM incoming_rows{known}")
     finally:
         con.unregister("incoming_rows")
+
+
+def _payload(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=_to_json)
 
 
 class Removed(NamedTuple):
@@ -311,9 +281,10 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"cannot log a {type(value).__name__}")
 
 
-def _from_journal(row: dict) -> dict:
+def _from_journal(row: dict, key: str = "created_at") -> dict:
     row = dict(row)
-    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    if isinstance(row.get(key), str):
+        row[key] = datetime.fromisoformat(row[key])
     return row
 
 
@@ -327,6 +298,8 @@ class _Pending:
     lines: int = 0
     dropped_feedback: int = 0  # pending feedback a tombstone took out before it reached DuckDB
     generation: int = 0  # which journal file the offsets refer to
+    outputs: list[dict] = field(default_factory=list)
+    versions: list[dict] = field(default_factory=list)
 
 
 def _parse(lines: Sequence[bytes], end: int) -> _Pending:
@@ -340,11 +313,23 @@ def _parse(lines: Sequence[bytes], end: int) -> _Pending:
             pending.dropped_feedback += len(pending.feedback) - len(kept)
             pending.feedback = kept
             pending.predictions = [p for p in pending.predictions if p["id"] not in doomed]
+            pending.outputs = [o for o in pending.outputs if o["prediction_id"] not in doomed]
             pending.deletes.extend(event["delete"])
             pending.images.extend(event.get("images", []))
+        elif "request" in event:  # a prediction: the request, its outputs and their model versions, in one line
+            _add_request(pending, event["request"], event.get("outputs", []), event.get("versions", []))
+        elif event["table"] == "predictions":  # a schema-2 line an older imagerec wrote: the same rows, converted
+            rows = log_rows.from_v2_row(_from_journal(event["row"]))
+            _add_request(pending, rows["prediction"], rows["outputs"], rows["versions"])
         else:
-            getattr(pending, event["table"]).append(_from_journal(event["row"]))
+            pending.feedback.append(_from_journal(event["row"]))
     return pending
+
+
+def _add_request(pending: _Pending, request: dict, outputs: list[dict], versions: list[dict]) -> None:
+    pending.predictions.append(_from_journal(request))
+    pending.outputs.extend(outputs)
+    pending.versions.extend(_from_journal(v, "first_seen") for v in versions)
 
 
 def _apply(con: duckdb.DuckDBPyConnection, pending: _Pending) -> int:
@@ -355,8 +340,11 @@ def _apply(con: duckdb.DuckDBPyConnection, pending: _Pending) -> int:
         if pending.deletes:
             deleted = con.execute("DELETE FROM feedback WHERE list_contains(?, prediction_id)",
                                   [pending.deletes]).fetchone()[0]
+            con.execute("DELETE FROM outputs WHERE list_contains(?, prediction_id)", [pending.deletes])
             con.execute("DELETE FROM predictions WHERE list_contains(?, id)", [pending.deletes])
         insert_rows(con, "predictions", pending.predictions)
+        insert_rows(con, "model_versions", pending.versions)
+        insert_rows(con, "outputs", pending.outputs)
         insert_rows(con, "feedback", pending.feedback)
         con.execute("COMMIT")
     except Exception:
@@ -425,7 +413,7 @@ class EventLog:
         self.append_error: str | None = None
         self.taken_over: str | None = None  # set when another process took the log from under this one
         self.replayed_images: list[str] = []  # kept images named by tombstones replayed at open
-        self._last_feedback: OrderedDict[str, tuple] = OrderedDict()
+        self._last_feedback: OrderedDict[str, dict] = OrderedDict()
         self._feedback_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -507,12 +495,28 @@ class EventLog:
         self.close()
 
     # -- the verbs ---------------------------------------------------------------------------------
-    def log_prediction(self, row: dict) -> Logged:
-        """Record a prediction; returns its id, whose `durable` says whether it is on disk already."""
-        row = {c: row.get(c) for c in PREDICTION_COLUMNS}
+    def log_prediction(self, rows: dict) -> Logged:
+        """Record a prediction: the rows `pipelines.log.rows.prediction_rows` gives (the request, its outputs and
+        their model versions), as one journal line, so all of it or none of it is logged.
+
+        Returns its id, whose `durable` says whether it is on disk already. A schema-2 wide row (what
+        `prediction_row` gave before schema 3) is taken too, converted as the migration converts it.
+        """
+        if "prediction" not in rows:
+            rows = log_rows.from_v2_row({"id": None, **rows})
+        row = {c: rows["prediction"].get(c) for c in PREDICTION_COLUMNS}
         row["id"] = row["id"] or new_id()
         row["created_at"] = row["created_at"] or utcnow()
-        durable = self._append({"table": "predictions", "row": row})
+        outputs = []
+        for output in rows.get("outputs", ()):
+            output = {c: output.get(c) for c in OUTPUT_COLUMNS} | {"prediction_id": row["id"]}
+            if output["label"] is None and output["score"] is None:
+                output["label"], output["score"] = log_rows.headline(output["payload"])
+            outputs.append(output)
+        versions = [{c: v.get(c) for c in VERSION_COLUMNS} for v in rows.get("versions", ())]
+        for version in versions:
+            version["first_seen"] = version["first_seen"] or row["created_at"]
+        durable = self._append({"request": row, "outputs": outputs, "versions": versions})
         self._remember(row["id"])
         return Logged(row["id"], durable)
 
@@ -537,27 +541,39 @@ class EventLog:
             verdict = "down"  # a correction says the answer was wrong
         if verdict is None and corrected_label is None and edited_caption is None:
             raise FeedbackRejected("Nothing to record: give a verdict, a corrected label or an edited caption.")
-        content = (verdict, corrected_label, edited_caption)
         with self._feedback_lock:  # a deletion takes this lock too: feedback lands before its tombstone or is refused
             if not self.knows(prediction_id):
                 raise FeedbackRejected(f"There is no prediction with id {prediction_id!r}.")
-            previous = self._latest_feedback(prediction_id)
-            if previous and previous[1:] == content:  # a double click or a retried request counts once
-                return Logged(previous[0], not self._backlog), False
+            latest = self._latest_feedback(prediction_id)
+            # A double click or a retried request counts once: feedback that says what the latest feedback says
+            # (the same verdict and corrected label, the same edited caption) is not recorded again.
+            same_verdict = verdict is None or (latest["verdict"], latest["corrected_label"]) == (verdict, corrected_label)
+            same_edit = edited_caption is None or latest["edited_caption"] == edited_caption
+            if same_verdict and same_edit:
+                return Logged(latest["verdict_id"] if verdict is not None else latest["edit_id"],
+                              not self._backlog), False
             row = {"id": new_id(), "prediction_id": prediction_id, "created_at": utcnow(), "verdict": verdict,
                    "corrected_label": corrected_label, "edited_caption": edited_caption}
             durable = self._append({"table": "feedback", "row": row})
-            self._last_feedback[prediction_id] = (row["id"], *content)
+            if verdict is not None:
+                latest.update(verdict=verdict, corrected_label=corrected_label, verdict_id=row["id"])
+            if edited_caption is not None:
+                latest.update(edited_caption=edited_caption, edit_id=row["id"])
+            self._last_feedback[prediction_id] = latest
             if len(self._last_feedback) > self._known_cap:
                 self._last_feedback.popitem(last=False)
         return Logged(row["id"], durable), True
 
-    def _latest_feedback(self, prediction_id: str) -> tuple | None:
+    _LATEST = ("verdict", "corrected_label", "verdict_id", "edited_caption", "edit_id")
+
+    def _latest_feedback(self, prediction_id: str) -> dict:
+        """The prediction's latest feedback (sql.latest_feedback, the dashboard's and the export's definition)."""
         if prediction_id in self._last_feedback:
-            return self._last_feedback[prediction_id]
+            return dict(self._last_feedback[prediction_id])
         with reader(self.path) as con:
-            return con.execute("SELECT id, verdict, corrected_label, edited_caption FROM feedback "
-                               "WHERE prediction_id = ? ORDER BY created_at DESC LIMIT 1", [prediction_id]).fetchone()
+            found = con.execute(f"SELECT {', '.join(self._LATEST)} FROM ({sql.latest_feedback(self._LATEST, 'prediction_id = ?')})",
+                                [prediction_id]).fetchall()
+        return dict(zip(self._LATEST, found[0] if found else (None,) * len(self._LATEST)))
 
     def knows(self, prediction_id: str) -> bool:
         """Whether a prediction with this id was logged (here, or earlier in the file) and not deleted."""

@@ -10,22 +10,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from pipelines.log import eventlog
+from pipelines.log import eventlog, sql
 
 # An export is for downloading now: one not fetched within this many seconds is removed.
 EXPORT_TTL_S = 600.0
 
-# Each prediction with its latest verdict, corrected label and edited caption.
-EXPORT_SQL = """
-SELECT p.*, f.verdict, f.corrected_label, e.edited_caption
-FROM predictions p
-LEFT JOIN (SELECT prediction_id, arg_max(verdict, created_at) AS verdict,
-                  arg_max_null(corrected_label, created_at) AS corrected_label
-           FROM feedback WHERE verdict IS NOT NULL GROUP BY prediction_id) f ON f.prediction_id = p.id
-LEFT JOIN (SELECT prediction_id, arg_max(edited_caption, created_at) AS edited_caption
-           FROM feedback WHERE edited_caption IS NOT NULL GROUP BY prediction_id) e ON e.prediction_id = p.id
-ORDER BY p.created_at
-"""
+# Each request in the wide shape (sql.wide: today's column names, and each task's version) with its latest
+# verdict, corrected label and edited caption (sql.latest_feedback).
+EXPORT_SQL = sql.export_query()
 
 
 def to_parquet(db: str | os.PathLike, folder: str | os.PathLike) -> Path:
