@@ -46,7 +46,9 @@ NOT_LOGGED = ("⚠️ This was not saved to disk yet: the log's disk cannot be w
               "and would be lost if the server stopped now.")
 ADD_A_PHOTO = "Add a photo first: upload one, drop it here, paste it or take one with the webcam."
 # what each task is called on the page, in the registry's order; a task without a title here is not offered on it
-TASK_TITLES = {"classify": "Labels", "caption": "Caption", "explain": "Why the top label (a heatmap; slower)"}
+TASK_TITLES = {"classify": "Labels", "zero_shot": "Your own labels", "detect": "Objects", "caption": "Caption",
+               "explain": "Why the top label (a heatmap; slower)"}
+SHOWN_SIDE = 800  # the longest side of the photo the objects are drawn on
 
 
 # -- what the page shows ----------------------------------------------------------------------------------------
@@ -91,6 +93,36 @@ def caption_box(result: dict) -> Any:
 
 def working_on(result: dict) -> str:
     return "Working on: " + ", ".join(TASK_TITLES.get(name, name).lower() for name in result["pending"]) + " …"
+
+
+def objects(result: dict) -> Any:
+    """The photo with each detected object's box and label (hover a box to see it), or nothing when not asked."""
+    payload = result["outputs"].get("detect")
+    if payload is None:
+        return gr.AnnotatedImage(value=None, visible=False)
+    photo = result["photo"].convert("RGB")
+    photo.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
+    scale = photo.width / result["image"]["width"]  # boxes are in the photo as the visitor sees it, at full size
+    boxes = [(tuple(round(v * scale) for v in item["box"]), f"{item['label']} {item['score']:.0%}")
+             for item in payload["boxes"]]
+    return gr.AnnotatedImage(value=(photo, boxes), visible=True,
+                             label=f"Objects: {len(boxes)} found" if boxes else "Objects: none above the threshold")
+
+
+def own_labels(result: dict) -> Any:
+    """The visitor's own labels with their scores, or nothing when not asked."""
+    payload = result["outputs"].get("zero_shot")
+    if payload is None:
+        return gr.Label(value=None, visible=False)
+    return gr.Label(value={item["label"]: item["score"] for item in payload["labels"]}, visible=True)
+
+
+def options(threshold: float | None, custom: str | None) -> dict:
+    """The page's per-task options: the objects' threshold, and the visitor's labels (else the operator's)."""
+    chosen = {"detect": {"threshold": threshold}} if threshold is not None else {}
+    if (custom or "").strip():
+        chosen["zero_shot"] = {"labels": custom}
+    return chosen
 
 
 def explanation(result: dict) -> Any:
@@ -149,7 +181,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         settled = all(s["loaded"] or s["error"] or not s["warming"] for s in studio.model_status().values())
         return status_markdown(studio), gr.Timer(active=not settled)
 
-    def analyze(image: str | None, prompt: str, chosen: list[str], history: list[dict], request: gr.Request):
+    def analyze(image: str | None, prompt: str, chosen: list[str], threshold: float, custom: str,
+                history: list[dict], request: gr.Request):
         if not image:
             raise gr.Error(ADD_A_PHOTO)
         if not chosen:
@@ -157,8 +190,10 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         session = request.session_hash if request else None
         try:
             for result in studio.predict_steps(image, prompt=prompt, tasks=chosen, origin="demo", session_id=session,
-                                               caller=caller(request), disposable=disposable(image)):
-                shown = {labels: scores(result), caption: caption_box(result), heatmap: explanation(result)}
+                                               caller=caller(request), disposable=disposable(image),
+                                               options=options(threshold, custom)):
+                shown = {labels: scores(result), caption: caption_box(result), heatmap: explanation(result),
+                         boxes: objects(result), custom_scores: own_labels(result)}
                 if result["pending"]:  # each task's answer shows as soon as it is done; feedback waits for the log
                     yield {**shown, current: None, verdict_row: gr.Row(visible=False),
                            correction: gr.Group(visible=False), message: working_on(result)}
@@ -169,7 +204,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                 yield {**shown, current: public(result), history_state: history, table: history_rows(history),
                        verdict_row: gr.Row(visible=bool(known)), correction: gr.Group(visible=False),
                        right_label: gr.Dropdown(choices=choices, value=None),
-                       message: "" if result["logged"] else NOT_LOGGED}
+                       message: "" if result["logged"] else NOT_LOGGED,
+                       model_status: status_markdown(studio)}  # a model first asked for has just loaded
         except USER_ERRORS as exc:
             raise user_error(exc) from None
 
@@ -216,7 +252,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         except USER_ERRORS as exc:  # LogError: the deletion could not be journalled, so none ran
             raise user_error(exc) from None
         return (None, [], [], None, None, "", gr.Row(visible=False), gr.Group(visible=False), deleted.sentence(),
-                gr.Image(value=None, visible=False))
+                gr.Image(value=None, visible=False), gr.AnnotatedImage(value=None, visible=False),
+                gr.Label(value=None, visible=False))
 
     # -- endpoints for programs (gradio_client) ------------------------------------------------------------------
     def api_predict(image: str | None, prompt: str | None = None, asked: list[str] | None = None,
@@ -289,10 +326,17 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                 # the operator's defaults (page_tasks): labels and a caption; a heatmap costs a backward pass
                 chosen = gr.CheckboxGroup([(TASK_TITLES[n], n) for n in tasks.REGISTRY if n in TASK_TITLES],
                                           value=page_tasks(config), label="What to find", elem_id="tasks")
+                with gr.Row():
+                    custom = gr.Textbox(value=config.zero_shot_labels, label="Your own labels, comma-separated",
+                                        placeholder="e.g. a forklift, a pallet, an empty shelf", elem_id="custom-labels")
+                    threshold = gr.Slider(0.05, 0.95, value=config.detect_threshold, step=0.05,
+                                          label="Objects: lowest score shown", elem_id="threshold")
                 run = gr.Button("Recognize", variant="primary", elem_id="recognize")
                 gr.Examples(EXAMPLES, inputs=photo, label="Try an example")
             with gr.Column(scale=1):
                 labels = gr.Label(num_top_classes=config.top_k, label="What is in it", elem_id="labels")
+                custom_scores = gr.Label(label="Your own labels", visible=False, elem_id="custom-scores")
+                boxes = gr.AnnotatedImage(label="Objects", visible=False, elem_id="objects", height=360)
                 caption = gr.Textbox(label="Caption (edit it if it is wrong)", interactive=True, lines=2,
                                      elem_id="caption")
                 save = gr.Button("Save caption", elem_id="save-caption")
@@ -324,9 +368,9 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         demo.load(status, outputs=[model_status, timer], api_visibility="private")
         demo.load(issue_key, inputs=issued_key, outputs=[page_key, issued_key], api_visibility="private")
         timer.tick(status, outputs=[model_status, timer], api_visibility="private")
-        analysis = dict(fn=analyze, inputs=[photo, prompt, chosen, history_state],
+        analysis = dict(fn=analyze, inputs=[photo, prompt, chosen, threshold, custom, history_state],
                         outputs=[labels, caption, current, history_state, table, verdict_row, correction, right_label,
-                                 message, heatmap], api_visibility="private")
+                                 message, heatmap, boxes, custom_scores, model_status], api_visibility="private")
         run.click(**analysis)
         photo.upload(**analysis)
         feedback = dict(api_visibility="private", concurrency_limit=None)
@@ -335,7 +379,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         down.click(thumbs_down, [current, history_state], [history_state, table, message, correction], **feedback)
         correct.click(save_correction, [current, right_label, history_state], [history_state, table, message], **feedback)
         forget.click(forget_session, [page_key, issued_key], [photo, history_state, table, labels, current, caption,
-                                                              verdict_row, correction, message, heatmap], **feedback)
+                                                              verdict_row, correction, message, heatmap, boxes,
+                                                              custom_scores], **feedback)
         gr.Button(visible=False).click(api_predict, [api_photo, api_prompt, api_tasks, api_options], api_out,
                                        api_name="predict")
         gr.api(api_feedback, api_name="feedback", concurrency_limit=None)

@@ -283,7 +283,7 @@ def test_another_client_cannot_delete_a_session_by_its_hash(servers):
     key = loaded["output"]["data"][0]
     assert isinstance(key, str) and len(key) >= 20
     for _ in range(2):
-        done = _queue_call(url, "analyze", [_upload(url), "", False, None], victim)
+        done = _queue_call(url, "analyze", [_upload(url), "", ["classify", "caption"], 0.5, "", None], victim)
         assert done["success"], done
     demo.studio.log.flush()
     own = "SELECT count(*) AS n FROM predictions WHERE session_id = ?"

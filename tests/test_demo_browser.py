@@ -148,3 +148,41 @@ def test_explain_toggle_shows_a_heatmap_over_the_photo(browser, tiny_classifier_
         demo.studio.log.flush()
         explained = _rows(db, "SELECT task FROM outputs WHERE task = 'explain'", [], 1)
         assert len(explained) == 1  # the page's explanation is logged with its prediction
+
+
+def test_objects_and_own_labels_in_the_browser(browser, tiny_classifier_dir, tiny_captioner_dir, tiny_detector_dir,
+                                               tiny_clip_dir, tmp_path):
+    db = tmp_path / "log.duckdb"
+    config = test_settings(tiny_classifier_dir, tiny_captioner_dir, db, detector=str(tiny_detector_dir),
+                           zero_shot_model=str(tiny_clip_dir))
+    with launched(config) as (demo, url):
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        try:
+            recognize_upload(page, url, _photo())  # the defaults: labels and a caption, no objects
+            expect(page.locator("#objects")).to_be_hidden()
+            expect(page.locator("#custom-scores")).to_be_hidden()
+            tasks_box = page.locator("#tasks")
+            tasks_box.get_by_label("Objects").check()
+            tasks_box.get_by_label("Your own labels").check()
+            page.locator("#custom-labels textarea").fill("a cat, a rocket, a cup of coffee")
+            page.locator("#threshold input[type=number]").fill("0.05")  # random weights: low scores
+            page.locator("#threshold input[type=number]").press("Enter")
+            page.locator("#recognize").click()
+            scores = page.locator("#custom-scores")
+            expect(scores).to_contain_text("a rocket", timeout=60_000)
+            expect(scores).to_contain_text("a cup of coffee")
+            expect(page.locator("#objects")).to_contain_text("Objects:", timeout=60_000)
+            expect(page.locator("#verdict-row")).to_be_visible()
+            page.screenshot(path=str(screenshot_path("objects.png")), full_page=True)
+            shown = page.locator("#objects").inner_text()
+        finally:
+            page.close()
+        demo.studio.log.flush()
+        rows = _rows(db, "SELECT task, payload FROM outputs WHERE task IN ('detect', 'zero_shot') ORDER BY task", [], 2)
+    import json
+
+    payloads = dict(zip(rows.task, (json.loads(p) for p in rows.payload)))
+    assert payloads["zero_shot"]["label_set"] == ["a cat", "a rocket", "a cup of coffee"]
+    boxes = payloads["detect"]["boxes"]
+    assert boxes and all(b["score"] >= 0.05 for b in boxes)  # the page's threshold reached the task
+    assert f"{len(boxes)} found" in shown
