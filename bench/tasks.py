@@ -5,7 +5,8 @@
 On the stand-ins (ViT-B/16 224, BLIP base 384, random weights): per photo, in turn and interleaved so load drifts
 hit both alike, (a) the old path (intake, then the classifier and the captioner called directly, as the recognizer
 did before the task registry) and (b) the recognizer's default request (classify + caption through the task loop),
-both with no cache, then each task alone through the loop (classify, caption, explain). Also runs inside `make bench`.
+both with no cache, then every task through the loop (classify, zero_shot on five labels, detect with D-FINE small,
+caption, explain), and the resident memory with every task's model loaded. Also runs inside `make bench`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,20 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import OUT, PHOTOS, Timer, machine, md_table, photos, standins, summary
+from bench.common import OUT, PHOTOS, Timer, machine, md_table, peak_rss_mb, photos, rss_mb, standins, summary
+
+EVERY_TASK = ("classify", "zero_shot", "detect", "caption", "explain")
+LABELS = ["a forklift", "a pallet", "an empty shelf", "a cat", "a cup of coffee"]
+
+
+def _standin(kind: str, name: str) -> Path:
+    """The default detector's or zero-shot model's stand-in (real config, random weights), built once."""
+    from devtools.standins import make_standin_detector, make_standin_zero_shot
+
+    folder = OUT / "models" / f"{kind}-{name}"
+    if not (folder / "model.safetensors").is_file():
+        (make_standin_detector if kind == "detect" else make_standin_zero_shot)(folder, name)
+    return folder
 
 
 def bench_tasks(vit: Path, blip: Path, paths: list[Path], precision: str, tokens: int, rounds: int = 2) -> dict:
@@ -23,16 +37,23 @@ def bench_tasks(vit: Path, blip: Path, paths: list[Path], precision: str, tokens
     from pipelines.intake import Limits, load_image
     from pipelines.recognizer import Recognizer
     from pipelines.tasks import Caption, Captioner, Classifier, Classify, ExplainTask
+    from pipelines.tasks.detect import Detect, Detector
+    from pipelines.tasks.zero_shot import ZeroShot, ZeroShotClassifier
 
     classifier = Classifier(vit, device="cpu", precision=precision).load()
     captioner = Captioner(blip, device="cpu", precision=precision, max_new_tokens=tokens,
                           min_new_tokens=tokens).load()  # equal lengths: the caption's cost does not vary by photo
-    recognizer = Recognizer({"classify": Classify(classifier), "caption": Caption(captioner),
+    detector = Detector(_standin("detect", "dfine_s_coco"), device="cpu", precision=precision).load()
+    zero_shot = ZeroShotClassifier(_standin("zero_shot", "siglip2-base-patch32-256"), device="cpu",
+                                   precision=precision).load()
+    recognizer = Recognizer({"classify": Classify(classifier), "zero_shot": ZeroShot(zero_shot),
+                             "detect": Detect(detector), "caption": Caption(captioner),
                              "explain": ExplainTask(classifier)}, Limits(), cache_size=0)
-    recognizer.recognize(paths[0], tasks=["explain"])  # the float copy and the CAM target, made once, not timed
+    options = {"zero_shot": {"labels": LABELS}}
+    recognizer.recognize(paths[0], tasks=EVERY_TASK, options=options)  # the float copy, CAM target, label embeddings
+    memory = {"rss_mb_every_task_loaded": round(rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
     limits = Limits()
-    times: dict[str, list[float]] = {"old_path": [], "default_request": [], "classify": [], "caption": [],
-                                     "explain": []}
+    times: dict[str, list[float]] = {"old_path": [], "default_request": [], **{name: [] for name in EVERY_TASK}}
     for _ in range(rounds):
         for path in paths:
             with Timer() as t:  # the recognizer before the registry: intake, classifier, captioner
@@ -43,13 +64,14 @@ def bench_tasks(vit: Path, blip: Path, paths: list[Path], precision: str, tokens
             with Timer() as t:
                 recognizer.recognize(path)
             times["default_request"].append(t.ms)
-            result = recognizer.recognize(path, tasks=["classify", "caption", "explain"])
-            for name in ("classify", "caption", "explain"):
+            result = recognizer.recognize(path, tasks=EVERY_TASK, options=options)
+            for name in EVERY_TASK:
                 times[name].append(result["runs"][name]["ms"])
     stats = {name: summary(values) for name, values in times.items()}
-    return {"photos": len(paths), "rounds": rounds, "precision": {"classify": classifier.precision,
-                                                                  "caption": captioner.precision,
-                                                                  "explain": "fp32"},
+    memory["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return {"photos": len(paths), "rounds": rounds, "memory": memory,
+            "precision": {"classify": classifier.precision, "zero_shot": zero_shot.precision,
+                          "detect": detector.precision, "caption": captioner.precision, "explain": "fp32"},
             "caption_tokens": tokens, "times_ms": stats,
             "default_over_old": round(stats["default_request"]["median"] / stats["old_path"]["median"], 3)}
 
@@ -57,17 +79,18 @@ def bench_tasks(vit: Path, blip: Path, paths: list[Path], precision: str, tokens
 def markdown(result: dict) -> list[str]:
     """The section of results.md."""
     t = result["times_ms"]
-    rows = [[name, result["precision"].get(name, ""), t[name]["median"], t[name]["p90"]]
-            for name in ("classify", "caption", "explain")]
+    rows = [[name, result["precision"].get(name, ""), t[name]["median"], t[name]["p90"]] for name in EVERY_TASK]
     rows += [["default request (classify + caption), task loop", "", t["default_request"]["median"],
               t["default_request"]["p90"]],
              ["the same, old path (models called directly)", "", t["old_path"]["median"], t["old_path"]["p90"]]]
     return ["", "## Tasks", "",
             f"{result['photos']} photos x {result['rounds']} rounds, no cache, captions of {result['caption_tokens']} "
-            f"tokens; explain on a float32 copy of the classifier (Grad-CAM, one forward and one backward pass).", "",
+            f"tokens; zero_shot on five labels (their text side cached), detect with the D-FINE small stand-in; explain "
+            f"on a float32 copy of the classifier (Grad-CAM, one forward and one backward pass).", "",
             md_table(["task", "precision", "median ms", "p90 ms"], rows), "",
             f"Default request through the task loop / old path: **{result['default_over_old']}x** (medians, same "
-            f"process, interleaved photo by photo)."]
+            f"process, interleaved photo by photo). Resident memory with every task's model loaded: "
+            f"{result['memory']['rss_mb_every_task_loaded']} MB (peak {result['memory']['peak_rss_mb']} MB)."]
 
 
 def main(argv: list[str] | None = None) -> None:
