@@ -219,7 +219,7 @@ def _task_outputs(ids: np.ndarray, created: np.ndarray, seed: int) -> tuple[pa.T
     asked = np.flatnonzero(zero_shot)
     which = rng.choice(len(LABEL_SETS), size=asked.size, p=[0.4, 0.25, 0.15, 0.1, 0.1])
     zs_ms = rng.lognormal(np.log(120), 0.3, asked.size)
-    set_of, labels_of, scores_of = [], [], []
+    set_of = []
     for k, label_set in enumerate(LABEL_SETS):  # each set size at once: a Dirichlet per size
         rows_k = np.flatnonzero(which == k)
         scores = np.round(rng.dirichlet(np.ones(len(label_set)) * 0.7, size=rows_k.size), 4)
