@@ -5,7 +5,8 @@
 
 A "page" is what one tab of the dashboard runs on a cache miss: open a read-only connection, check the
 log, read the sidebar's context, run the tab's queries, close. Each is timed from a cold connection
-(best and median of --runs), for the default view (last 7 days) and for all time. Results go to
+(best and median of --runs), every tab in queries.PAGES (Objects & custom labels included: the seeded
+logs hold detect and zero_shot outputs), for the default view (last 7 days) and for all time. Results go to
 bench/out/dashboard_scale.json.
 """
 
@@ -118,14 +119,14 @@ def report(results: dict) -> None:
     sizes = list(results["sizes"])
     for view in next(iter(results["sizes"].values()))["views"]:
         print(f"\n{view}: seconds per page render (best / median of {results['runs']}), cold connection included")
-        header = f"{'page':<18}" + "".join(f"{int(s):>18,}" for s in sizes)
+        header = f"{'page':<24}" + "".join(f"{int(s):>18,}" for s in sizes)
         growth = [f"x{int(b) // int(a)} rows" for a, b in zip(sizes, sizes[1:])]
         header += "".join(f"{g:>13}" for g in growth)
         print(header)
         pages = results["sizes"][sizes[0]]["views"][view]["pages"]
         for page in pages:
             cells = [results["sizes"][s]["views"][view]["pages"][page] for s in sizes]
-            line = f"{page:<18}" + "".join(f"{c['best_s']:>9.3f} /{c['median_s']:>6.3f}" for c in cells)
+            line = f"{page:<24}" + "".join(f"{c['best_s']:>9.3f} /{c['median_s']:>6.3f}" for c in cells)
             line += "".join(f"{b['best_s'] / a['best_s']:>12.1f}x" for a, b in zip(cells, cells[1:]))
             print(line)
         biggest = results["sizes"][sizes[-1]]["views"][view]["pages"]

@@ -260,6 +260,44 @@ def show_captions(data: dict) -> None:
         "change": st.column_config.ProgressColumn("Changed", min_value=0.0, max_value=1.0, format="percent")})
 
 
+NO_DETECT = ("No detect outputs in the log yet: run the detect task (objects with boxes) on the demo page or through "
+             "/predict to see objects per class, boxes per photo and box scores here.")
+NO_ZERO_SHOT = ("No zero_shot outputs in the log yet: run the zero_shot task (custom labels) on the demo page or "
+                "through /predict to see the most used custom labels and their scores here.")
+
+
+def show_objects(data: dict, tasks: tuple[str, ...]) -> None:
+    summary = data["summary"].iloc[0]
+    st.subheader("Objects (detect)", divider="orange")
+    if "detect" not in tasks:
+        st.info(NO_DETECT)
+    else:
+        n, boxes = int(summary["n_detect"]), int(summary["n_boxes"])
+        st.caption(f"{n:,} photos through detect, {boxes:,} boxes found"
+                   + (f" ({boxes / n:.2f} per photo)." if n else "."))
+        plot(charts.objects_over_time(data["classes"]))
+        left, right = st.columns(2)
+        with left:
+            plot(charts.boxes_per_photo(data["per_photo"]))
+        with right:
+            plot(charts.score_histogram(data["box_scores"], "Box scores", "boxes", "box score"))
+    st.subheader("Custom labels (zero_shot)", divider="orange")
+    if "zero_shot" not in tasks:
+        st.info(NO_ZERO_SHOT)
+        return
+    st.caption(f"{int(summary['n_zero_shot']):,} photos scored against custom labels. A label counts once per "
+               "request that asked it; \"top label\" is how often it scored highest.")
+    left, right = st.columns(2)
+    with left:
+        plot(charts.custom_labels(data["custom_labels"]))
+    with right:
+        plot(charts.score_histogram(data["top_scores"], "Zero-shot top scores", "requests", "top score"))
+    sets = data["label_sets"]
+    st.dataframe(sets.assign(label_set=[" · ".join(s) for s in sets["label_set"]]), hide_index=True,
+                 column_config={"label_set": "Label set (most common first)",
+                                "n_requests": st.column_config.NumberColumn("Requests", format="localized")})
+
+
 def _builder(path: str, filters: queries.Filters, fmt: str):
     """A callable for st.download_button: runs the export query only when someone clicks."""
     def build() -> bytes:
@@ -340,6 +378,8 @@ def live() -> None:
             show_confidence(data)
         elif page == "Captions":
             show_captions(data)
+        elif page == queries.OBJECTS_TAB:
+            show_objects(data, tuple(task for task, _ in ctx.versions))
         else:
             show_recent(data, filters)
 

@@ -267,3 +267,65 @@ def most_edited_labels(labels: pd.DataFrame) -> go.Figure:
         hovertemplate="%{y}: %{x:,} edited captions (%{text})<extra></extra>"))
     fig.update_xaxes(title_text="edited captions", range=[0, df["n_edited"].max() * 1.3])
     return _layout(fig, title, height=max(300, 24 * len(df) + 100))
+
+
+# -- detect and zero_shot --------------------------------------------------------------------------------
+
+def objects_over_time(df: pd.DataFrame) -> go.Figure:
+    """Objects found per class and interval, stacked (the top classes, the rest as "other")."""
+    title = "Objects found per class"
+    if df.empty:
+        return empty(title, "No detected objects for these filters")
+    totals = df.groupby("label", sort=False)["n"].sum().sort_values(ascending=False, kind="stable")
+    colors = _colors(totals.index)
+    fig = go.Figure()
+    for label in totals.index:
+        part = df[df["label"] == label]
+        fig.add_trace(go.Bar(x=part["bucket"], y=part["n"], name=label,
+                             marker_color=NONE if label == "other" else colors[label],
+                             hovertemplate=f"<b>{label}</b><br>%{{x}}<br>%{{y:,}} objects<extra></extra>"))
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title_text="objects")
+    return _layout(fig, title, height=380)
+
+
+def boxes_per_photo(df: pd.DataFrame) -> go.Figure:
+    """How many boxes each detect output has (zero included)."""
+    title = "Boxes per photo"
+    if df.empty:
+        return empty(title, "No detect outputs for these filters")
+    fig = go.Figure(go.Bar(x=df["n_boxes"], y=df["n_photos"], marker_color=PRIMARY,
+                           hovertemplate="%{x} boxes: %{y:,} photos<extra></extra>"))
+    fig.update_xaxes(title_text="boxes in the photo", dtick=1)
+    fig.update_yaxes(title_text="photos")
+    return _layout(fig, title, height=340)
+
+
+def score_histogram(bins: pd.DataFrame, title: str = "Box scores", unit: str = "boxes",
+                    axis: str = "score") -> go.Figure:
+    """Scores in bins (bin_low, bin_high, n): the detected boxes', or zero-shot's top scores."""
+    if bins.empty:
+        return empty(title)
+    centre = (bins["bin_low"] + bins["bin_high"]) / 2
+    width = float((bins["bin_high"] - bins["bin_low"]).iloc[0])
+    fig = go.Figure(go.Bar(x=centre, y=bins["n"], width=width * 0.95, marker_color=PRIMARY,
+                           hovertemplate=f"{axis} %{{x:.3f}}<br>%{{y:,}} {unit}<extra></extra>"))
+    fig.update_xaxes(title_text=axis, range=[0, 1])
+    fig.update_yaxes(title_text=unit)
+    return _layout(fig, title, height=340)
+
+
+def custom_labels(df: pd.DataFrame) -> go.Figure:
+    """The custom labels asked most (requests that asked each), and how often each came out on top."""
+    title = "Most used custom labels"
+    if df.empty:
+        return empty(title, "No zero-shot outputs for these filters")
+    df = df.iloc[::-1]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=df["n_requests"], y=df["label"], orientation="h", name="asked", marker_color="#fdba74",
+                         hovertemplate="%{y}: asked in %{x:,} requests<extra></extra>"))
+    fig.add_trace(go.Bar(x=df["n_top"], y=df["label"], orientation="h", name="top label", marker_color=PRIMARY,
+                         hovertemplate="%{y}: top label in %{x:,} requests<extra></extra>"))
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title_text="requests")
+    return _layout(fig, title, height=max(300, 24 * len(df) + 100))

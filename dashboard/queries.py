@@ -411,6 +411,70 @@ def export(con: duckdb.DuckDBPyConnection, f: Filters, fmt: str = "parquet", lim
     return con.sql(sql, params=params).to_arrow_table()
 
 
+# -- detect and zero_shot ------------------------------------------------------------------------------
+
+TOP_CLASSES = 10  # object classes drawn over time; the rest are summed as "other"
+TOP_CUSTOM_LABELS = 20
+TOP_LABEL_SETS = 10
+SCORE_BINS = 20
+OTHER = "other"
+
+
+def _score_bins(column: str) -> str:
+    return f"least(floor({column} * {SCORE_BINS}), {SCORE_BINS - 1}) / {SCORE_BINS}"
+
+
+def objects(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """What the detect and zero_shot tasks logged for the filtered requests.
+
+    detect: objects found per class and interval (the top TOP_CLASSES classes, the rest as "other"), boxes per
+    photo (a histogram, zero included) and the boxes' scores in bins. zero_shot: the custom labels asked most
+    (counted once per request that asked them, with how often each came out on top), the top scores in bins and
+    the most common label sets. Each frame is empty when the window holds no output of its task.
+    """
+    rel, params = _relation(f, f"p.id, {_bucket(interval)} AS bucket")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE page_req AS SELECT * FROM {rel}", params)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE page_det AS
+        SELECT r.bucket, d.labels, d.scores FROM page_req r JOIN ({sql.detect_outputs('page_req')}) d
+        ON d.prediction_id = r.id""")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE page_zs AS
+        SELECT r.bucket, z.top_label, z.top_score, z.label_set FROM page_req r
+        JOIN ({sql.zero_shot_outputs('page_req')}) z ON z.prediction_id = r.id""")
+    summary = _df(con, """
+        SELECT (SELECT count(*) FROM page_det) AS n_detect, (SELECT coalesce(sum(len(labels)), 0)::BIGINT FROM page_det)
+               AS n_boxes, (SELECT count(*) FROM page_zs) AS n_zero_shot""")
+    classes = _df(con, f"""
+        WITH boxes AS (SELECT bucket, unnest(labels) AS label FROM page_det),
+        top AS (SELECT label FROM boxes GROUP BY ALL ORDER BY count(*) DESC, label LIMIT {TOP_CLASSES})
+        SELECT bucket, CASE WHEN label IN (SELECT label FROM top) THEN label ELSE '{OTHER}' END AS label,
+               count(*) AS n
+        FROM boxes GROUP BY ALL ORDER BY bucket, n DESC, label""")
+    per_photo = _df(con, """
+        SELECT len(labels) AS n_boxes, count(*) AS n_photos FROM page_det GROUP BY ALL ORDER BY n_boxes""")
+    box_scores = _df(con, f"""
+        SELECT {_score_bins('score')} AS bin_low, count(*) AS n
+        FROM (SELECT unnest(scores) AS score FROM page_det) WHERE score IS NOT NULL GROUP BY ALL ORDER BY bin_low""")
+    custom = _df(con, f"""
+        SELECT label, count(*) AS n_requests, count(*) FILTER (WHERE label = top_label) AS n_top
+        FROM (SELECT DISTINCT rowid AS k, unnest(label_set) AS label, top_label FROM page_zs)
+        GROUP BY ALL ORDER BY n_requests DESC, label LIMIT {TOP_CUSTOM_LABELS}""")
+    top_scores = _df(con, f"""
+        SELECT {_score_bins('top_score')} AS bin_low, count(*) AS n FROM page_zs WHERE top_score IS NOT NULL
+        GROUP BY ALL ORDER BY bin_low""")
+    label_sets = _df(con, f"""
+        SELECT label_set, count(*) AS n_requests FROM page_zs WHERE len(label_set) > 0
+        GROUP BY ALL ORDER BY n_requests DESC, label_set LIMIT {TOP_LABEL_SETS}""")
+    for name in ("page_zs", "page_det", "page_req"):
+        con.execute(f"DROP TABLE {name}")
+    for bins in (box_scores, top_scores):
+        bins["bin_high"] = bins["bin_low"] + 1.0 / SCORE_BINS
+    label_sets["label_set"] = [list(s) for s in label_sets["label_set"]]
+    return {"summary": summary, "classes": classes, "per_photo": per_photo, "box_scores": box_scores,
+            "custom_labels": custom, "top_scores": top_scores, "label_sets": label_sets}
+
+
+OBJECTS_TAB = "Objects & custom labels"
+
 Page = Callable[[duckdb.DuckDBPyConnection, Filters, str], dict[str, pd.DataFrame]]
 PAGES: dict[str, Page] = {
     "Overview": overview,
@@ -419,5 +483,6 @@ PAGES: dict[str, Page] = {
     "Performance": performance,
     "Confidence": confidence,
     "Captions": captions,
+    OBJECTS_TAB: objects,
     "Recent": recent,
 }

@@ -15,7 +15,8 @@ from pipelines.log import seed
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 END = datetime(2025, 6, 1)
 # The charts each tab must show: every section of the dashboard, counted.
-CHARTS = {"Overview": 1, "Accuracy": 2, "Classes": 3, "Performance": 2, "Confidence": 2, "Captions": 2, "Recent": 0}
+CHARTS = {"Overview": 1, "Accuracy": 2, "Classes": 3, "Performance": 2, "Confidence": 2, "Captions": 2,
+          "Objects & custom labels": 5, "Recent": 0}
 OLDER = "google/vit-base-patch16-224@synthetic-older"
 OLDER_CAPTIONER = "Salesforce/blip-image-captioning-base@synthetic-older"
 
@@ -140,7 +141,8 @@ def test_one_version_filter_per_task_in_the_log(make_app, seeded):
     at = make_app(seeded).run()
     healthy(at)
     filters = {m.key: m for m in at.multiselect if m.key.startswith("versions_")}
-    assert set(filters) == {"versions_classify", "versions_caption"}  # the tasks the seeded log holds
+    assert set(filters) == {"versions_classify", "versions_caption", "versions_detect",
+                            "versions_zero_shot"}  # the tasks the seeded log holds
     assert OLDER_CAPTIONER in filters["versions_caption"].options or \
         "blip-image-captioning-base@synthetic-older" in filters["versions_caption"].options
     at.selectbox(key="period").set_value("All time").run()

@@ -39,6 +39,19 @@ MODEL_VERSIONS = (  # (classifier revision, captioner revision, classify ms, cap
      defaults.PINNED_REVISIONS[defaults.DEFAULT_CAPTIONER], 70.0, 600.0),
 )
 TOP_K = 5
+# detect and zero_shot on a fraction of the requests, from their own random stream (the other rows stay as they were)
+DETECTOR = ("ustc-community/dfine-small-coco", "synthetic")
+ZERO_SHOT = ("google/siglip2-base-patch32-256", "synthetic")
+DETECT_SHARE, ZERO_SHOT_SHARE = 0.3, 0.2
+OBJECTS = ("person", "car", "chair", "cup", "dog", "cat", "bottle", "laptop", "bicycle", "potted plant", "book",
+           "dining table")
+LABEL_SETS = (
+    ("a forklift", "a pallet", "an empty shelf"),
+    ("a cat", "a dog"),
+    ("indoor", "outdoor"),
+    ("a receipt", "a product photo", "a screenshot", "a selfie"),
+    ("ripe fruit", "unripe fruit", "a cat"),
+)
 
 
 def _floor_hour(moment: datetime) -> datetime:
@@ -172,7 +185,84 @@ def synthetic_tables(rows: int, seed: int = 0, end: datetime | None = None,
             pa.string()),
         "edited_caption": pa.array(np.concatenate([np.full(v.size, None), edited[e]]).astype(object), pa.string()),
     })
+    extra_outputs, extra_versions = _task_outputs(ids, created, seed)
+    outputs = pa.concat_tables([outputs, extra_outputs.cast(outputs.schema)])
+    versions = pa.concat_tables([versions, extra_versions.cast(versions.schema)])
     return {"predictions": predictions, "model_versions": versions, "outputs": outputs, "feedback": feedback}
+
+
+def _task_outputs(ids: np.ndarray, created: np.ndarray, seed: int) -> tuple[pa.Table, pa.Table]:
+    """detect outputs on about DETECT_SHARE of the requests and zero_shot outputs on about ZERO_SHOT_SHARE, with
+    payloads as the tasks give them, and their two model versions (first seen at their first output)."""
+    rng = np.random.default_rng([seed, 11])
+    rows = ids.size
+    detect = rng.random(rows) < DETECT_SHARE
+    zero_shot = rng.random(rows) < ZERO_SHOT_SHARE
+    detector, zs_model = version_of(*DETECTOR), version_of(*ZERO_SHOT)
+
+    # detect: a Poisson number of boxes per photo, classes by popularity, best score first
+    photos = np.flatnonzero(detect)
+    n_boxes = rng.poisson(2.0, photos.size)
+    owner = np.repeat(photos, n_boxes)
+    popularity = 1.0 / np.arange(1, len(OBJECTS) + 1)
+    classes = rng.choice(len(OBJECTS), size=owner.size, p=popularity / popularity.sum())
+    box_scores = np.round(rng.uniform(0.3, 1.0, owner.size), 4)
+    corners = rng.uniform(0, 600, (owner.size, 2))
+    corners = np.round(np.concatenate([corners, corners + rng.uniform(20, 400, (owner.size, 2))], axis=1), 1)
+    boxes = pa.table({"owner": pa.array(owner, pa.int64()), "pos": pa.array(np.arange(owner.size)),
+                      "label": pa.array(np.array(OBJECTS, dtype=object)[classes], pa.string()),
+                      "score": pa.array(box_scores), "box": _lists(corners, 4, pa.float64())})
+    photo_table = pa.table({"owner": pa.array(photos, pa.int64()), "id": pa.array(ids[photos], pa.string()),
+                            "ms": pa.array(rng.lognormal(np.log(250), 0.3, photos.size))})
+
+    # zero_shot: one of LABEL_SETS per request, scores from a Dirichlet, labels best first
+    asked = np.flatnonzero(zero_shot)
+    which = rng.choice(len(LABEL_SETS), size=asked.size, p=[0.4, 0.25, 0.15, 0.1, 0.1])
+    zs_ms = rng.lognormal(np.log(120), 0.3, asked.size)
+    set_of = []
+    for k, label_set in enumerate(LABEL_SETS):  # each set size at once: a Dirichlet per size
+        rows_k = np.flatnonzero(which == k)
+        scores = np.round(rng.dirichlet(np.ones(len(label_set)) * 0.7, size=rows_k.size), 4)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        names = np.array(label_set, dtype=object)
+        set_of.append((rows_k, [list(label_set)] * rows_k.size, names[order].tolist(),
+                       np.take_along_axis(scores, order, axis=1).tolist()))
+    position = np.concatenate([r for r, *_ in set_of])
+    back = np.argsort(position, kind="stable")
+    zs_table = pa.table({
+        "id": pa.array(ids[asked], pa.string()), "ms": pa.array(zs_ms),
+        "label_set": pa.array([x for _, sets, _, _ in set_of for x in sets], pa.list_(pa.string())).take(back),
+        "labels": pa.array([x for _, _, names, _ in set_of for x in names], pa.list_(pa.string())).take(back),
+        "scores": pa.array([x for *_, sc in set_of for x in sc], pa.list_(pa.float64())).take(back),
+    })
+    with duckdb.connect() as con:
+        con.register("boxes", boxes)
+        con.register("photos", photo_table)
+        con.register("zs", zs_table)
+        outputs = con.sql(f"""
+            SELECT p.id AS prediction_id, 'detect' AS task, '{detector}' AS model_version, 'fp32' AS precision,
+                   to_json({{'model': '{detector}',
+                             'boxes': coalesce(list({{'label': b.label, 'score': b.score, 'box': b.box}}
+                                                    ORDER BY b.score DESC, b.pos) FILTER (WHERE b.pos IS NOT NULL),
+                                               [])}})::VARCHAR AS payload,
+                   p.ms, NULL::VARCHAR AS label, NULL::DOUBLE AS score
+            FROM photos p LEFT JOIN boxes b ON b.owner = p.owner GROUP BY p.owner, p.id, p.ms
+            UNION ALL
+            SELECT id, 'zero_shot', '{zs_model}', 'fp32',
+                   to_json({{'model': '{zs_model}',
+                             'labels': list_transform(generate_series(1, len(labels)),
+                                                      lambda i: {{'label': labels[i], 'score': scores[i]}}),
+                             'label_set': label_set}})::VARCHAR,
+                   ms, labels[1], scores[1]
+            FROM zs ORDER BY 1, 2""").to_arrow_table()
+    used = [(v, m, r, created[np.argmax(mask)]) for v, (m, r), mask in
+            ((detector, DETECTOR, detect), (zs_model, ZERO_SHOT, zero_shot)) if mask.any()]
+    versions = pa.table({
+        "version": pa.array([u[0] for u in used], pa.string()), "model": pa.array([u[1] for u in used], pa.string()),
+        "revision": pa.array([u[2] for u in used], pa.string()),
+        "first_seen": pa.array([u[3] for u in used], pa.timestamp("us")),
+    })
+    return outputs, versions
 
 
 def seed(db: str, rows: int, seed: int = 0, end: datetime | None = None, days: float = 30.0) -> tuple[int, int]:

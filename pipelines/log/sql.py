@@ -278,3 +278,22 @@ def export_query(order: str = "created_at") -> str:
     columns = ", ".join(f"w.{c}" for c in EXPORT_COLUMNS)
     return (f"SELECT {columns}, fb.verdict, fb.corrected_label, fb.edited_caption FROM {wide(EXPORT_COLUMNS)} w "
             f"LEFT JOIN ({latest_feedback()}) fb ON fb.prediction_id = w.id ORDER BY w.{order}")
+
+
+# -- task payloads: detect and zero_shot ---------------------------------------------------------------
+
+def detect_outputs(ids_from: str) -> str:
+    """Each detect output of the requests in `ids_from` (a relation with an `id` column): prediction_id, and its
+    boxes' labels and scores as two lists in the payload's order (`boxes` holds {"label", "score", "box"})."""
+    return ("SELECT o.prediction_id, coalesce(json_extract_string(o.payload, '$.boxes[*].label'), []) AS labels, "
+            "coalesce(CAST(json_extract(o.payload, '$.boxes[*].score') AS DOUBLE[]), []) AS scores "
+            f"FROM outputs o WHERE o.task = 'detect' AND o.prediction_id IN (SELECT id FROM {ids_from})")
+
+
+def zero_shot_outputs(ids_from: str) -> str:
+    """Each zero_shot output of the requests in `ids_from`: prediction_id, its top label and score (the typed
+    headline columns) and the label set asked (`label_set` in the payload, else the labels scored)."""
+    return ("SELECT o.prediction_id, o.label AS top_label, o.score AS top_score, "
+            "coalesce(nullif(json_extract_string(o.payload, '$.label_set[*]'), []), "
+            "json_extract_string(o.payload, '$.labels[*].label'), []) AS label_set "
+            f"FROM outputs o WHERE o.task = 'zero_shot' AND o.prediction_id IN (SELECT id FROM {ids_from})")
