@@ -115,7 +115,7 @@ def test_an_unknown_task_is_refused_with_a_sentence(client):
     with pytest.raises(Exception) as caught:
         client.predict(handle_file(str(PHOTO)), None, ["classify", "detect-all-the-things"], api_name="/predict")
     message = str(caught.value)
-    assert "detect-all-the-things" in message and "classify, caption, explain" in message, message
+    assert "detect-all-the-things" in message and "classify, zero_shot, detect, caption, explain" in message, message
     with pytest.raises(Exception, match="no task 'detect-x'"):
         client.predict(handle_file(str(PHOTO)), None, None, {"detect-x": {"threshold": 0.3}}, api_name="/predict")
     with pytest.raises(Exception, match="dict from task names"):
