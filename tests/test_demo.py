@@ -21,7 +21,7 @@ PHOTO = EXAMPLES / "cat.jpg"
 @pytest.fixture(scope="module")
 def server(tiny_classifier_dir, tiny_captioner_dir, tmp_path_factory):
     db = tmp_path_factory.mktemp("demo") / "log.duckdb"
-    config = test_settings(tiny_classifier_dir, tiny_captioner_dir, db)
+    config = test_settings(tiny_classifier_dir, tiny_captioner_dir, db, rate_limit=0)  # many calls a minute here
     with launched(config) as (demo, url):
         yield url, db
 
