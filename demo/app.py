@@ -328,7 +328,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                                           value=page_tasks(config), label="What to find", elem_id="tasks")
                 with gr.Row():
                     custom = gr.Textbox(value=config.zero_shot_labels, label="Your own labels, comma-separated",
-                                        placeholder="e.g. a forklift, a pallet, an empty shelf", elem_id="custom-labels")
+                                        placeholder="e.g. a forklift, a pallet, an empty shelf",
+                                        elem_id="custom-labels")
                     threshold = gr.Slider(0.05, 0.95, value=config.detect_threshold, step=0.05,
                                           label="Objects: lowest score shown", elem_id="threshold")
                 run = gr.Button("Recognize", variant="primary", elem_id="recognize")
@@ -377,7 +378,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         save.click(save_caption, [current, caption, history_state], [history_state, table, message], **feedback)
         up.click(thumbs_up, [current, history_state], [history_state, table, message, correction], **feedback)
         down.click(thumbs_down, [current, history_state], [history_state, table, message, correction], **feedback)
-        correct.click(save_correction, [current, right_label, history_state], [history_state, table, message], **feedback)
+        correct.click(save_correction, [current, right_label, history_state], [history_state, table, message],
+                      **feedback)
         forget.click(forget_session, [page_key, issued_key], [photo, history_state, table, labels, current, caption,
                                                               verdict_row, correction, message, heatmap, boxes,
                                                               custom_scores], **feedback)

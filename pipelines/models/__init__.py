@@ -371,6 +371,19 @@ class LazyModel:
         """The model on the chosen device, in eval mode."""
         return model.to(self._device).eval()
 
+    def _load_with_processor(self, model_class, processor_class, source: str, pretrained_kwargs: dict):
+        """The model, then its processor (the model's config errors say more), kept with the model's input dtype."""
+        model = self._load_model(model_class, source, pretrained_kwargs)
+        self.processor = processor_class.from_pretrained(source, **pretrained_kwargs)
+        self.model = model
+        self._input_dtype = prec.model_dtype(model)
+        return model
+
+    def _on_device(self, inputs) -> dict[str, torch.Tensor]:
+        """A processor's tensors on the model's device, floating ones in the model's input dtype."""
+        return {k: v.to(self._device, self._input_dtype) if v.is_floating_point() else v.to(self._device)
+                for k, v in inputs.items()}
+
     def _load_model(self, cls, source: str, pretrained_kwargs: dict, **kwargs) -> torch.nn.Module:
         """cls.from_pretrained in the resolved precision, on the device, in eval mode.
 

@@ -38,11 +38,7 @@ class Captioner(LazyModel):
         self._tokenizer_lock = threading.Lock()
 
     def _load_components(self, source: str, pretrained_kwargs: dict) -> None:
-        # the model first: its config errors say more than the processor's
-        model = self._load_model(BlipForConditionalGeneration, source, pretrained_kwargs)
-        self.processor = BlipProcessor.from_pretrained(source, **pretrained_kwargs)
-        self.model = model
-        self._input_dtype = prec.model_dtype(model)
+        model = self._load_with_processor(BlipForConditionalGeneration, BlipProcessor, source, pretrained_kwargs)
         self.fused_attention = use_fused_attention(model)
         self._decoder = blip_decoding.BlipGreedyDecoder(model) if blip_decoding.supports(model) else None
 
@@ -69,8 +65,7 @@ class Captioner(LazyModel):
         prompt = (prompt or "").strip() or None
         with self._tokenizer_lock:
             inputs = self.processor(images=image, text=prompt, return_tensors="pt")
-        return {k: v.to(self._device, self._input_dtype) if v.is_floating_point() else v.to(self._device)
-                for k, v in inputs.items()}
+        return self._on_device(inputs)
 
     def _forward(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
         """The token ids of the caption (the decoder's start, then the new tokens), greedy."""

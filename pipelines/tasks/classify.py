@@ -53,11 +53,8 @@ class Classifier(LazyModel):
         self._input_dtype = torch.float32
 
     def _load_components(self, source: str, pretrained_kwargs: dict) -> None:
-        # the model first: its config errors say more than the image processor's
-        model = self._load_model(AutoModelForImageClassification, source, pretrained_kwargs)
-        self.processor = AutoImageProcessor.from_pretrained(source, **pretrained_kwargs)
-        self.model = model
-        self._input_dtype = prec.model_dtype(model)
+        model = self._load_with_processor(AutoModelForImageClassification, AutoImageProcessor,
+                                          source, pretrained_kwargs)
         config = model.config
         self._labels = readable_labels([str(config.id2label[i]) for i in range(config.num_labels)])
         self._multi_label = config.problem_type == "multi_label_classification" or config.num_labels == 1
@@ -94,8 +91,7 @@ class Classifier(LazyModel):
         if image.mode != "RGB":
             image = image.convert("RGB")  # RGBA, palette and greyscale images would break the channel count
         inputs = self.processor(images=image, return_tensors="pt")
-        return {k: v.to(self._device, self._input_dtype) if v.is_floating_point() else v.to(self._device)
-                for k, v in inputs.items()}
+        return self._on_device(inputs)
 
     def _forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         # inference_mode is per thread and the model is only read, so concurrent calls are safe

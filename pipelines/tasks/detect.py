@@ -61,11 +61,7 @@ class Detector(LazyModel):
         self._input_dtype = torch.float32
 
     def _load_components(self, source: str, pretrained_kwargs: dict) -> None:
-        # the model first: its config errors say more than the image processor's
-        model = self._load_model(AutoModelForObjectDetection, source, pretrained_kwargs)
-        self.processor = AutoImageProcessor.from_pretrained(source, **pretrained_kwargs)
-        self.model = model
-        self._input_dtype = prec.model_dtype(model)
+        model = self._load_with_processor(AutoModelForObjectDetection, AutoImageProcessor, source, pretrained_kwargs)
         self._labels = {int(i): str(name) for i, name in model.config.id2label.items()}
 
     def _linear_share(self, source: str, pretrained_kwargs: dict) -> float | None:
@@ -96,8 +92,7 @@ class Detector(LazyModel):
         if image.mode != "RGB":
             image = image.convert("RGB")  # RGBA, palette and greyscale images would break the channel count
         inputs = self.processor(images=image, return_tensors="pt")
-        return {k: v.to(self._device, self._input_dtype) if v.is_floating_point() else v.to(self._device)
-                for k, v in inputs.items()}
+        return self._on_device(inputs)
 
     def _forward(self, inputs: dict[str, torch.Tensor]):
         """The model's raw output (logits, pred_boxes as centre, width, height relative to the image), in fp32."""

@@ -85,12 +85,9 @@ class ZeroShotClassifier(LazyModel):
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer keeps padding state per call: not thread-safe
 
     def _load_components(self, source: str, pretrained_kwargs: dict) -> None:
-        # the model first: its config errors say more than the processor's
-        model = self._load_model(AutoModelForZeroShotImageClassification, source, pretrained_kwargs)
-        self.processor = AutoProcessor.from_pretrained(source, **pretrained_kwargs)
+        model = self._load_with_processor(AutoModelForZeroShotImageClassification, AutoProcessor,
+                                          source, pretrained_kwargs)
         _float_attention_outputs(model)
-        self.model = model
-        self._input_dtype = prec.model_dtype(model)
         # as the pipeline decides: SigLIP and SigLIP 2 were trained with a sigmoid per label, CLIP with a softmax
         self._sigmoid = "siglip" in model.config.model_type
         with self._text_lock:
@@ -114,11 +111,7 @@ class ZeroShotClassifier(LazyModel):
         if image.mode != "RGB":
             image = image.convert("RGB")  # RGBA, palette and greyscale images would break the channel count
         inputs = self.processor.image_processor(images=[image], return_tensors="pt")
-        return self._to_device(inputs)
-
-    def _to_device(self, inputs) -> dict[str, torch.Tensor]:
-        return {k: v.to(self._device, self._input_dtype) if v.is_floating_point() else v.to(self._device)
-                for k, v in inputs.items()}
+        return self._on_device(inputs)
 
     def _tokens(self, labels: tuple[str, ...]) -> dict[str, torch.Tensor]:
         sequences = [self.template.format(label) for label in labels]
@@ -129,7 +122,7 @@ class ZeroShotClassifier(LazyModel):
             kwargs["max_length"] = getattr(self.model.config.text_config, "max_position_embeddings", 77)
         with self._tokenizer_lock:
             inputs = self.processor.tokenizer(sequences, return_tensors="pt", **kwargs)
-        return self._to_device(inputs)
+        return self._on_device(inputs)
 
     def text_embeddings(self, labels: tuple[str, ...]) -> torch.Tensor:
         """The labels' normalised text embeddings under the template, from the cache when the set was seen."""
