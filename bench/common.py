@@ -9,22 +9,26 @@ import resource
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"  # ignored by git: stand-in models, temp logs
 PHOTOS = ROOT.parent / "shared" / "data" / "imagenet-sample"
 
 
+def built(folder: Path, make: Callable[[Path], object]) -> Path:
+    """A stand-in model folder, made by make(folder) the first time only."""
+    if not (folder / "model.safetensors").is_file():
+        make(folder)
+    return folder
+
+
 def standins(folder: Path = OUT / "models") -> tuple[Path, Path]:
     """The ViT-B/16 and BLIP-base stand-ins (random weights, real shapes), built once into folder."""
     from devtools.standins import make_standin_captioner, make_standin_classifier
 
-    vit, blip = folder / "vit-b16-224", folder / "blip-base-384"
-    if not (vit / "model.safetensors").is_file():
-        make_standin_classifier(vit)
-    if not (blip / "model.safetensors").is_file():
-        make_standin_captioner(blip)
-    return vit, blip
+    return built(folder / "vit-b16-224", make_standin_classifier), built(folder / "blip-base-384",
+                                                                          make_standin_captioner)
 
 
 def photos(folder: Path = PHOTOS) -> list[Path]:

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from bench.common import OUT, load_average, machine, md_table, photos, summary
+from bench.common import OUT, built, load_average, machine, md_table, photos, summary
 
 # Published COCO val2017 AP at 640, parameters and GFLOPs, from the authors' model zoos.
 PUBLISHED = {
@@ -32,10 +32,7 @@ def standin(name: str):
     """The stand-in folder for one detector, built once."""
     from devtools.standins import make_standin_detector
 
-    folder = OUT / "models" / f"detector-{name}"
-    if not (folder / "model.safetensors").is_file():
-        make_standin_detector(folder, name)
-    return folder
+    return built(OUT / "models" / f"detector-{name}", lambda folder: make_standin_detector(folder, name))
 
 
 def main(argv=None) -> None:

@@ -17,19 +17,12 @@ import time
 from pathlib import Path
 
 from bench.common import OUT, PHOTOS, Timer, machine, md_table, peak_rss_mb, photos, rss_mb, standins, summary
+from bench.detect import standin as detect_standin
+from bench.zero_shot import standin as zero_shot_standin
 
 EVERY_TASK = ("classify", "zero_shot", "detect", "caption", "explain")
 LABELS = ["a forklift", "a pallet", "an empty shelf", "a cat", "a cup of coffee"]
 
-
-def _standin(kind: str, name: str) -> Path:
-    """The default detector's or zero-shot model's stand-in (real config, random weights), built once."""
-    from devtools.standins import make_standin_detector, make_standin_zero_shot
-
-    folder = OUT / "models" / f"{kind}-{name}"
-    if not (folder / "model.safetensors").is_file():
-        (make_standin_detector if kind == "detect" else make_standin_zero_shot)(folder, name)
-    return folder
 
 
 def bench_tasks(vit: Path, blip: Path, paths: list[Path], precision: str, tokens: int, rounds: int = 2) -> dict:
@@ -43,8 +36,8 @@ def bench_tasks(vit: Path, blip: Path, paths: list[Path], precision: str, tokens
     classifier = Classifier(vit, device="cpu", precision=precision).load()
     captioner = Captioner(blip, device="cpu", precision=precision, max_new_tokens=tokens,
                           min_new_tokens=tokens).load()  # equal lengths: the caption's cost does not vary by photo
-    detector = Detector(_standin("detect", "dfine_s_coco"), device="cpu", precision=precision).load()
-    zero_shot = ZeroShotClassifier(_standin("zero_shot", "siglip2-base-patch32-256"), device="cpu",
+    detector = Detector(detect_standin("dfine_s_coco"), device="cpu", precision=precision).load()
+    zero_shot = ZeroShotClassifier(zero_shot_standin("siglip2-base-patch32-256"), device="cpu",
                                    precision=precision).load()
     recognizer = Recognizer({"classify": Classify(classifier), "zero_shot": ZeroShot(zero_shot),
                              "detect": Detect(detector), "caption": Caption(captioner),

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from bench.common import OUT, load_average, machine, md_table, photos, rss_mb, summary
+from bench.common import OUT, built, load_average, machine, md_table, photos, rss_mb, summary
 from pipelines.models.precision import release_freed_memory
 
 LABELS = ("a forklift", "a pallet", "an empty shelf", "a cat", "a cup of coffee")
@@ -31,10 +31,7 @@ def standin(name: str):
     """The stand-in folder for a candidate, built once."""
     from devtools.standins import make_standin_zero_shot
 
-    folder = OUT / "models" / f"zs-{name}"
-    if not (folder / "model.safetensors").is_file():
-        make_standin_zero_shot(folder, name)
-    return folder
+    return built(OUT / "models" / f"zs-{name}", lambda folder: make_standin_zero_shot(folder, name))
 
 
 def parameters(module: torch.nn.Module) -> float:
