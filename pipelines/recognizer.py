@@ -92,7 +92,10 @@ class Recognizer:
         names = registry.resolve(tasks)  # before intake: a bad request costs no decoding
         request = Request(prompt=(prompt or "").strip() or None, top_k=top_k, options=_options(options))
         for name in names:
-            self.tasks[name].check(request)
+            try:
+                self.tasks[name].check(request)
+            except ValueError as exc:  # check() only reads the request: its ValueError is a request it cannot run
+                raise registry.BadRequest(str(exc)) from None
 
         t = time.perf_counter()
         intake = load_image(source, self.limits)

@@ -57,7 +57,7 @@ class Task:
         self.model = model
 
     def check(self, request: Request) -> None:
-        """Raise BadRequest with a sentence when the request's options for this task cannot be run (before intake)."""
+        """Raise ValueError with a sentence when the request's options for this task cannot be run (before intake)."""
 
     def params(self, request: Request, done: Mapping[str, dict]) -> Hashable:
         """What besides the photo and the model version changes the payload: part of the cache key."""

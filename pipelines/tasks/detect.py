@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
 from pipelines.models import LazyModel, precision as prec, version_of
-from pipelines.tasks.base import BadRequest, Request, Task
+from pipelines.tasks.base import Request, Task
 
 # D-FINE small (Apache-2.0): 48.5 COCO AP, 10 M parameters, about 0.5 s a photo on 2 CPU threads here; faster and
 # more accurate than RT-DETR and RT-DETRv2 r18, 5.7 AP above D-FINE nano for 2.4 times its time (bench/detect.py).
@@ -134,10 +134,7 @@ class Detect(Task):
         return self.model.threshold if asked is None else check_threshold(asked)
 
     def check(self, request: Request) -> None:
-        try:
-            self.threshold(request)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+        self.threshold(request)
 
     def params(self, request: Request, done: Mapping[str, dict]) -> Hashable:
         return (self.threshold(request),)
