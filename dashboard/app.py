@@ -266,6 +266,10 @@ NO_ZERO_SHOT = ("No zero_shot outputs in the log yet: run the zero_shot task (cu
                 "through /predict to see the most used custom labels and their scores here.")
 
 
+NO_TASK_FEEDBACK = ("No feedback on single answers yet: the thumbs under each answer on the demo page (or /feedback "
+                    "with task, and box for one detected object) show here.")
+
+
 def show_objects(data: dict, tasks: tuple[str, ...]) -> None:
     summary = data["summary"].iloc[0]
     st.subheader("Objects (detect)", divider="orange")
@@ -296,6 +300,27 @@ def show_objects(data: dict, tasks: tuple[str, ...]) -> None:
     st.dataframe(sets.assign(label_set=[" · ".join(s) for s in sets["label_set"]]), hide_index=True,
                  column_config={"label_set": "Label set (most common first)",
                                 "n_requests": st.column_config.NumberColumn("Requests", format="localized")})
+
+
+def show_task_feedback(data: dict) -> None:
+    st.subheader("Feedback on each answer", divider="orange")
+    verdicts, boxes = data["task_verdicts"], data["wrong_boxes"]
+    if verdicts.empty and boxes.empty:
+        st.info(NO_TASK_FEEDBACK)
+        return
+    left, right = st.columns(2)
+    with left:
+        st.caption("Outputs with a thumbs up or down, by task (the latest verdict on each); classify's are the "
+                   "labels' verdicts.")
+        st.dataframe(verdicts, hide_index=True, column_config={
+            "task": "Task", "n_verdict": st.column_config.NumberColumn("Verdicts", format="localized"),
+            "n_up": st.column_config.NumberColumn("👍", format="localized"),
+            "up_rate": st.column_config.NumberColumn("Right", format="percent")})
+    with right:
+        st.caption("Boxes marked wrong: the label the detector gave and what visitors said it is.")
+        st.dataframe(boxes, hide_index=True, column_config={
+            "label": "Detector's label", "should_be": "Should be",
+            "n_boxes": st.column_config.NumberColumn("Boxes", format="localized")})
 
 
 def _builder(path: str, filters: queries.Filters, fmt: str):
@@ -380,6 +405,7 @@ def live() -> None:
             show_captions(data)
         elif page == queries.OBJECTS_TAB:
             show_objects(data, tuple(task for task, _ in ctx.versions))
+            show_task_feedback(data)
         else:
             show_recent(data, filters)
 

@@ -418,6 +418,7 @@ TOP_CUSTOM_LABELS = 20
 TOP_LABEL_SETS = 10
 SCORE_BINS = 20
 OTHER = "other"
+NOT_AN_OBJECT = "(not an object)"  # a box marked wrong without a corrected label
 
 
 def _score_bins(column: str) -> str:
@@ -430,7 +431,9 @@ def objects(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -
     detect: objects found per class and interval (the top TOP_CLASSES classes, the rest as "other"), boxes per
     photo (a histogram, zero included) and the boxes' scores in bins. zero_shot: the custom labels asked most
     (counted once per request that asked them, with how often each came out on top), the top scores in bins and
-    the most common label sets. Each frame is empty when the window holds no output of its task.
+    the most common label sets. Feedback: each task's outputs with a verdict and the share right (task_verdicts),
+    and the boxes marked wrong by their label and what they should be (wrong_boxes). Each frame is empty when the
+    window holds none.
     """
     rel, params = _relation(f, f"p.id, {_bucket(interval)} AS bucket")
     con.execute(f"CREATE OR REPLACE TEMP TABLE page_req AS SELECT * FROM {rel}", params)
@@ -464,13 +467,21 @@ def objects(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -
     label_sets = _df(con, f"""
         SELECT label_set, count(*) AS n_requests FROM page_zs WHERE len(label_set) > 0
         GROUP BY ALL ORDER BY n_requests DESC, label_set LIMIT {TOP_LABEL_SETS}""")
+    verdicts = _df(con, f"""
+        SELECT task, n_verdict, n_up, n_up / n_verdict AS up_rate FROM ({sql.task_verdicts('page_req')})
+        ORDER BY n_verdict DESC, task""")
+    wrong_boxes = _df(con, f"""
+        SELECT label, coalesce(corrected_label, '{NOT_AN_OBJECT}') AS should_be, count(*) AS n_boxes
+        FROM ({sql.box_feedback('page_req')}) WHERE verdict = 'down'
+        GROUP BY ALL ORDER BY n_boxes DESC, label, should_be LIMIT {TOP_CLASSES}""")
     for name in ("page_zs", "page_det", "page_req"):
         con.execute(f"DROP TABLE {name}")
     for bins in (box_scores, top_scores):
         bins["bin_high"] = bins["bin_low"] + 1.0 / SCORE_BINS
     label_sets["label_set"] = [list(s) for s in label_sets["label_set"]]
     return {"summary": summary, "classes": classes, "per_photo": per_photo, "box_scores": box_scores,
-            "custom_labels": custom, "top_scores": top_scores, "label_sets": label_sets}
+            "custom_labels": custom, "top_scores": top_scores, "label_sets": label_sets, "task_verdicts": verdicts,
+            "wrong_boxes": wrong_boxes}
 
 
 OBJECTS_TAB = "Objects & custom labels"

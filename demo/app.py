@@ -49,6 +49,10 @@ ADD_A_PHOTO = "Add a photo first: upload one, drop it here, paste it or take one
 TASK_TITLES = {"classify": "Labels", "zero_shot": "Your own labels", "detect": "Objects", "caption": "Caption",
                "explain": "Why the top label (a heatmap; slower)"}
 SHOWN_SIDE = 800  # the longest side of the photo the objects are drawn on
+# the outputs with a thumbs up or down of their own (the labels have the verdict row), and what the note calls them
+RATED = {"zero_shot": ("own labels", "Are these scores right?"), "detect": ("objects", "Are the objects right?"),
+         "caption": ("caption", "Is the caption right?"), "explain": ("heatmap", "Does the heatmap show the thing?")}
+NOT_AN_OBJECT = "(not an object)"
 
 
 # -- what the page shows ----------------------------------------------------------------------------------------
@@ -117,6 +121,17 @@ def own_labels(result: dict) -> Any:
     return gr.Label(value={item["label"]: item["score"] for item in payload["labels"]}, visible=True)
 
 
+def box_choices(result: dict) -> list[tuple[str, int]]:
+    """Each detected box as the page lists it for marking wrong: its number, label and score."""
+    payload = result["outputs"].get("detect") or {}
+    return [(f"{i + 1}. {b['label']} {b['score']:.0%}", i) for i, b in enumerate(payload.get("boxes", []))]
+
+
+def rating_rows(result: dict | None) -> list[Any]:
+    """A thumbs row under each rated task's output the result has (RATED's order)."""
+    return [gr.Row(visible=bool(result) and result["outputs"].get(task) is not None) for task in RATED]
+
+
 def options(threshold: float | None, custom: str | None) -> dict:
     """The page's per-task options: the objects' threshold, and the visitor's labels (else the operator's)."""
     chosen = {"detect": {"threshold": threshold}} if threshold is not None else {}
@@ -141,7 +156,8 @@ class Page(gr.Blocks):
     endpoint later (/predict's tasks) must not break the scripts written before it.
     """
 
-    optional_tail = {"predict": 3}  # api name -> trailing inputs a caller may leave out (prompt, tasks, options)
+    # api name -> trailing inputs a caller may leave out: /predict's prompt, tasks, options; /feedback's task, box
+    optional_tail = {"predict": 3, "feedback": 2}
 
     def validate_inputs(self, block_fn, inputs: list[Any]) -> None:
         missing = len(block_fn.inputs) - len(inputs)
@@ -196,7 +212,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                          boxes: objects(result), custom_scores: own_labels(result)}
                 if result["pending"]:  # each task's answer shows as soon as it is done; feedback waits for the log
                     yield {**shown, current: None, verdict_row: gr.Row(visible=False),
-                           correction: gr.Group(visible=False), message: working_on(result)}
+                           correction: gr.Group(visible=False), message: working_on(result),
+                           **dict(zip(rating, rating_rows(None))), box_feedback: gr.Group(visible=False)}
                     continue
                 history = ([history_entry(result)] + history)[:HISTORY_LENGTH]
                 known = [item["label"] for item in result["labels"] or []]
@@ -204,13 +221,18 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                 yield {**shown, current: public(result), history_state: history, table: history_rows(history),
                        verdict_row: gr.Row(visible=bool(known)), correction: gr.Group(visible=False),
                        right_label: gr.Dropdown(choices=choices, value=None),
+                       **dict(zip(rating, rating_rows(result))),
+                       box_feedback: gr.Group(visible=bool(box_choices(result))),
+                       which_box: gr.Dropdown(choices=box_choices(result), value=None),
+                       box_label: gr.Dropdown(choices=[NOT_AN_OBJECT, *studio.labels("detect")] if box_choices(result)
+                                              else [], value=None),
                        message: "" if result["logged"] else NOT_LOGGED,
                        model_status: status_markdown(studio)}  # a model first asked for has just loaded
         except USER_ERRORS as exc:
             raise user_error(exc) from None
 
     def record(current: dict | None, history: list[dict], note: str, **feedback: Any) -> tuple[list[dict], list, str]:
-        if not current or not current.get("caption"):
+        if not current:
             raise gr.Error("Recognize a photo first, then give feedback on it.")
         try:
             saved = studio.feedback(current["id"], **feedback)
@@ -239,6 +261,22 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             raise gr.Error("Pick the right label from the list first.")
         return record(current, history, f"👎 should be “{label}”", verdict="down", corrected_label=label)
 
+    def rate(task: str, verdict: str):
+        """The page's thumbs under one task's output."""
+        def handler(current, history):
+            return record(current, history, f"{RATED[task][0]} {'👍' if verdict == 'up' else '👎'}",
+                          verdict=verdict, task=task)
+        return handler
+
+    def mark_box(current, index, label, history):
+        if index is None or index == "":
+            raise gr.Error("Pick the box that is wrong first.")
+        if not label:
+            raise gr.Error(f"Say what is in the box, or pick “{NOT_AN_OBJECT}”.")
+        wrong = None if label == NOT_AN_OBJECT else label
+        return record(current, history, f"box {int(index) + 1}: " + (f"should be “{wrong}”" if wrong else "not an object"),
+                      verdict="down", corrected_label=wrong, task="detect", box=int(index))
+
     def issue_key(issued: str | None):
         """Hand this page its session key once; a later load with the same session hash gets nothing."""
         if issued:
@@ -253,7 +291,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             raise user_error(exc) from None
         return (None, [], [], None, None, "", gr.Row(visible=False), gr.Group(visible=False), deleted.sentence(),
                 gr.Image(value=None, visible=False), gr.AnnotatedImage(value=None, visible=False),
-                gr.Label(value=None, visible=False))
+                gr.Label(value=None, visible=False), *rating_rows(None), gr.Group(visible=False))
 
     # -- endpoints for programs (gradio_client) ------------------------------------------------------------------
     def api_predict(image: str | None, prompt: str | None = None, asked: list[str] | None = None,
@@ -268,11 +306,12 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         return public(result)
 
     def api_feedback(prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
-                     edited_caption: str | None = None) -> dict:
-        """Record a verdict ('up' or 'down'), a corrected label and/or an edited caption for a prediction."""
+                     edited_caption: str | None = None, task: str | None = None, box: int | None = None) -> dict:
+        """Record a verdict ('up' or 'down'), a corrected label and/or an edited caption for a prediction: on its
+        answer, or on one task's output (task), or on one detected box (box: its index in outputs.detect.boxes)."""
         try:
             return studio.feedback(prediction_id, verdict=verdict or None, corrected_label=corrected_label or None,
-                                   edited_caption=edited_caption or None)
+                                   edited_caption=edited_caption or None, task=task or None, box=box)
         except USER_ERRORS as exc:
             raise user_error(exc) from None
 
@@ -307,6 +346,15 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             raise user_error(exc) from None
 
     # -- layout ----------------------------------------------------------------------------------------------------
+    rows, thumbs = {}, {}
+
+    def rate_row(task: str) -> None:
+        """A thumbs up or down for one task's output, placed under it and shown with it."""
+        with gr.Row(visible=False, elem_id=f"rate-{task}", equal_height=True) as rows[task]:
+            gr.Markdown(RATED[task][1])
+            thumbs[task] = (gr.Button("👍", size="sm", elem_id=f"{task}-up", scale=0, min_width=60),
+                            gr.Button("👎", size="sm", elem_id=f"{task}-down", scale=0, min_width=60))
+
     with Page(title="imagerec", analytics_enabled=False, delete_cache=(300, 900)) as demo:
         gr.Markdown("# imagerec\nDrop a photo to see what is in it and a caption for it. "
                     "Fix the caption and tell us whether the answer was right: it helps the team see how well "
@@ -337,10 +385,19 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             with gr.Column(scale=1):
                 labels = gr.Label(num_top_classes=config.top_k, label="What is in it", elem_id="labels")
                 custom_scores = gr.Label(label="Your own labels", visible=False, elem_id="custom-scores")
+                rate_row("zero_shot")
                 boxes = gr.AnnotatedImage(label="Objects", visible=False, elem_id="objects", height=360)
+                with gr.Group(visible=False, elem_id="box-feedback") as box_feedback:
+                    with gr.Row():
+                        which_box = gr.Dropdown(label="A box that is wrong", choices=[], elem_id="which-box")
+                        box_label = gr.Dropdown(label="What is in it really?", choices=[], filterable=True,
+                                                allow_custom_value=True, elem_id="box-label")
+                    save_box = gr.Button("Mark the box wrong", size="sm", elem_id="mark-box")
+                rate_row("detect")
                 caption = gr.Textbox(label="Caption (edit it if it is wrong)", interactive=True, lines=2,
                                      elem_id="caption")
                 save = gr.Button("Save caption", elem_id="save-caption")
+                rate_row("caption")
                 with gr.Row(visible=False, elem_id="verdict-row") as verdict_row:
                     up = gr.Button("👍 Right", elem_id="thumbs-up")
                     down = gr.Button("👎 Wrong", elem_id="thumbs-down")
@@ -350,6 +407,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                     correct = gr.Button("Save the right label", elem_id="save-correction")
                 message = gr.Markdown(elem_id="message")
                 heatmap = gr.Image(visible=False, interactive=False, elem_id="explanation", height=360)
+                rate_row("explain")
         page_key = gr.Textbox(visible=False, elem_id="session-key")  # held by the page, sent back to delete
         table = gr.Dataframe(headers=HISTORY_COLUMNS, label="Your recent predictions", interactive=False,
                              elem_id="history", wrap=True)
@@ -369,9 +427,11 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         demo.load(status, outputs=[model_status, timer], api_visibility="private")
         demo.load(issue_key, inputs=issued_key, outputs=[page_key, issued_key], api_visibility="private")
         timer.tick(status, outputs=[model_status, timer], api_visibility="private")
+        rating = [rows[task] for task in RATED]  # in the order rating_rows gives their visibility
         analysis = dict(fn=analyze, inputs=[photo, prompt, chosen, threshold, custom, history_state],
                         outputs=[labels, caption, current, history_state, table, verdict_row, correction, right_label,
-                                 message, heatmap, boxes, custom_scores, model_status], api_visibility="private")
+                                 message, heatmap, boxes, custom_scores, model_status, *rating, box_feedback,
+                                 which_box, box_label], api_visibility="private")
         run.click(**analysis)
         photo.upload(**analysis)
         feedback = dict(api_visibility="private", concurrency_limit=None)
@@ -380,9 +440,14 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         down.click(thumbs_down, [current, history_state], [history_state, table, message, correction], **feedback)
         correct.click(save_correction, [current, right_label, history_state], [history_state, table, message],
                       **feedback)
+        for task, (thumb_up, thumb_down) in thumbs.items():
+            thumb_up.click(rate(task, "up"), [current, history_state], [history_state, table, message], **feedback)
+            thumb_down.click(rate(task, "down"), [current, history_state], [history_state, table, message], **feedback)
+        save_box.click(mark_box, [current, which_box, box_label, history_state], [history_state, table, message],
+                       **feedback)
         forget.click(forget_session, [page_key, issued_key], [photo, history_state, table, labels, current, caption,
                                                               verdict_row, correction, message, heatmap, boxes,
-                                                              custom_scores], **feedback)
+                                                              custom_scores, *rating, box_feedback], **feedback)
         gr.Button(visible=False).click(api_predict, [api_photo, api_prompt, api_tasks, api_options], api_out,
                                        api_name="predict")
         gr.api(api_feedback, api_name="feedback", concurrency_limit=None)

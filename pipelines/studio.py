@@ -12,8 +12,9 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from pipelines import access, tasks
 from pipelines.access import Access
+from pipelines.feedback import judge
 from pipelines.intake import Limits
-from pipelines.log.eventlog import EventLog, utcnow
+from pipelines.log.eventlog import EventLog, FeedbackRejected, utcnow
 from pipelines.log.export import ExportShelf
 from pipelines.log.privacy import Deleted, ImageStore
 from pipelines.log.rows import prediction_rows
@@ -105,9 +106,11 @@ class Studio:
                        "warming": role in self._warming}
                 for role, model in self.recognizer.model_roles.items()}
 
-    def labels(self) -> list[str]:
-        """Every label the classifier knows, for a corrected label to be picked from."""
-        return self.recognizer.classifier.labels
+    def labels(self, task: str = "classify") -> list[str]:
+        """Every label the task's model knows (the classifier's by default), for a corrected label to be picked from."""
+        if task == "classify":
+            return self.recognizer.classifier.labels
+        return self._labels_of(task, {}) or []
 
     # -- predictions -----------------------------------------------------------------------------------------
     def predict_steps(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
@@ -166,12 +169,31 @@ class Studio:
 
     # -- feedback --------------------------------------------------------------------------------------------
     def feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
-                 edited_caption: str | None = None) -> dict:
-        """Record feedback on a logged prediction."""
+                 edited_caption: str | None = None, task: str | None = None, box: Any = None) -> dict:
+        """Record feedback on a logged prediction: on its answer, on one task's output, or on one detected box."""
+        if not self.log.knows(prediction_id):  # said before what it would judge (the log checks again as it writes)
+            raise FeedbackRejected(f"There is no prediction with id {prediction_id!r}.")
+        judged = judge(lambda name: self.log.output(prediction_id, name), self._labels_of, verdict, corrected_label,
+                       edited_caption, task, box)
         feedback_id, new = self.log.log_feedback(prediction_id, verdict=verdict, corrected_label=corrected_label,
-                                                 edited_caption=edited_caption)
-        return {"id": str(feedback_id), "prediction_id": prediction_id, "recorded": True, "duplicate": not new,
-                "logged": feedback_id.durable}
+                                                 edited_caption=edited_caption, task=judged.task, target=judged.target)
+        saved = {"id": str(feedback_id), "prediction_id": prediction_id, "recorded": True, "duplicate": not new,
+                 "logged": feedback_id.durable, "task": judged.task}
+        if judged.target is not None:
+            saved["box"] = judged.target
+        if judged.note:
+            saved["note"] = judged.note
+        return saved
+
+    def _labels_of(self, task: str, output: dict) -> list[str] | None:
+        """The labels a correction of a task's output is expected among (None: any label is as good)."""
+        if task == "zero_shot":
+            return [item["label"] for item in output.get("labels", [])]
+        model = self.recognizer.tasks[task].model if task in self.recognizer.tasks else None
+        try:
+            return model.labels if model is not None else None
+        except ModelLoadError:  # the model is gone since: the correction is kept, unchecked
+            return None
 
     # -- deletion --------------------------------------------------------------------------------------------
     def delete_data(self, session_id: str | None = None, prediction_id: str | None = None) -> Deleted:

@@ -77,7 +77,7 @@ LATEST_VERDICTS = """
     FROM predictions p JOIN feedback f ON f.prediction_id = p.id
     JOIN outputs c ON c.prediction_id = p.id AND c.task = 'classify'
     JOIN outputs k ON k.prediction_id = p.id AND k.task = 'caption'
-    WHERE f.verdict IS NOT NULL
+    WHERE f.verdict IS NOT NULL AND (f.task IS NULL OR f.task = 'classify') AND f.target IS NULL  -- on the labels
     QUALIFY row_number() OVER (PARTITION BY p.id ORDER BY f.created_at DESC) = 1"""
 
 

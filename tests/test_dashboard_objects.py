@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +34,18 @@ def _zero_shot(pid: str, scored: list[tuple[str, float]], label_set: list[str]) 
             "ms": 100.0, "label": scored[0][0], "score": scored[0][1]}  # the headline, as the log's insert fills it
 
 
+def _fb(n: int, pid: str, minutes: float, verdict: str | None, task: str | None, box: dict | None = None,
+        label: str | None = None) -> dict:
+    """A feedback row, as Studio.feedback logs it: a box's target is the box as it was answered, with its index."""
+    return {"id": f"fb{n}", "prediction_id": pid, "created_at": T0 + timedelta(minutes=minutes), "verdict": verdict,
+            "corrected_label": label, "edited_caption": None, "task": task,
+            "target": None if box is None else eventlog._canonical(box)}
+
+
+def _target(index: int, box: dict) -> dict:
+    return {"index": index, **box}
+
+
 @pytest.fixture(scope="module")
 def handmade(tmp_path_factory) -> str:
     """Five requests on two days: three through detect (3, 0 and 2 boxes), three through zero_shot."""
@@ -49,10 +62,22 @@ def handmade(tmp_path_factory) -> str:
                    ["a forklift", "a pallet", "a cat"]),
     ]
     versions = [{"version": v, "model": v.split("@")[0], "revision": "1", "first_seen": T0} for v in (DET, ZS)]
+    a_boxes, c_boxes = outputs[0]["payload"]["boxes"], outputs[2]["payload"]["boxes"]
+    feedback = [
+        _fb(1, "a", 1, "down", "detect"), _fb(2, "a", 2, "up", "detect"),  # the latest verdict counts: up
+        _fb(3, "c", 24 * 60 + 1, "down", "detect"),
+        _fb(4, "a", 3, "down", "detect", _target(1, a_boxes[1]), "dog"),
+        _fb(5, "a", 4, "down", "detect", _target(2, a_boxes[2]), "truck"),
+        _fb(6, "a", 5, "down", "detect", _target(2, a_boxes[2])),  # then: not an object at all
+        _fb(7, "c", 24 * 60 + 2, "down", "detect", _target(0, c_boxes[0]), "dog"),
+        _fb(8, "d", 24 * 60 + 6, "down", "zero_shot"),
+        _fb(9, "a", 6, "up", None), _fb(10, "a", 7, "down", "classify", label="pug"),  # the labels' verdicts
+    ]
     with eventlog.writer(path) as con:
         eventlog.insert_rows(con, "predictions", [p["prediction"] for p in preds])
         eventlog.insert_rows(con, "model_versions", [v for p in preds for v in p["versions"]] + versions)
         eventlog.insert_rows(con, "outputs", [o for p in preds for o in p["outputs"]] + outputs)
+        eventlog.insert_rows(con, "feedback", feedback)
     return str(path)
 
 
@@ -83,6 +108,21 @@ def test_zero_shot_labels_scores_and_sets(handmade):
     sets = data["label_sets"]
     assert [list(s) for s in sets["label_set"]] == [["a cat", "a dog"], ["a forklift", "a pallet", "a cat"]]
     assert list(sets["n_requests"]) == [2, 1]
+
+
+def test_feedback_per_task_and_boxes_marked_wrong(handmade):
+    data = run(handmade)
+    verdicts = data["task_verdicts"].set_index("task")
+    assert verdicts[["n_verdict", "n_up"]].to_dict("index") == {
+        "detect": {"n_verdict": 2, "n_up": 1}, "classify": {"n_verdict": 1, "n_up": 0},
+        "zero_shot": {"n_verdict": 1, "n_up": 0}}
+    assert verdicts["up_rate"].to_dict() == {"detect": 0.5, "classify": 0.0, "zero_shot": 0.0}
+    wrong = [tuple(r) for r in data["wrong_boxes"][["label", "should_be", "n_boxes"]].itertuples(index=False)]
+    assert wrong == [("person", "dog", 2), ("car", queries.NOT_AN_OBJECT, 1)]  # box 2's latest: not an object
+    day1 = datetime.combine((T0 + timedelta(days=1)).date(), datetime.min.time())
+    later = run(handmade, queries.Filters(start=day1, end=day1 + timedelta(days=1)))  # requests c and d
+    assert later["task_verdicts"].set_index("task")["n_verdict"].to_dict() == {"detect": 1, "zero_shot": 1}
+    assert list(later["wrong_boxes"]["n_boxes"]) == [1]
 
 
 def test_filters_reach_the_new_queries(handmade):
@@ -156,6 +196,14 @@ def test_seed_adds_detect_and_zero_shot_deterministically(tmp_path):
     again = seed.synthetic_tables(1000, seed=4, end=end)["outputs"].to_pandas()
     zs = again[again["task"] == "zero_shot"].sort_values("prediction_id")
     assert zs["payload"].iloc[0] == first[0][0]
+    with eventlog.reader(path) as con:  # each seeded box verdict is on a box of its output, as answered
+        marked = con.execute("""
+            SELECT f.target, o.payload FROM feedback f JOIN outputs o ON o.prediction_id = f.prediction_id
+            WHERE f.task = 'detect' AND f.target IS NOT NULL AND o.task = 'detect'""").fetchall()
+    assert len(marked) > 10
+    for target, payload in marked:
+        target, boxes = json.loads(target), json.loads(payload)["boxes"]
+        assert boxes[target.pop("index")] == target
 
 
 @pytest.fixture
@@ -183,6 +231,9 @@ def test_app_shows_the_tab_with_data(make_app, handmade):
     sets = at.dataframe[0].value
     assert list(sets["label_set"]) == ["a cat · a dog", "a forklift · a pallet · a cat"]
     assert any("3 photos through detect, 5 boxes found" in c.value for c in at.caption)
+    boxes = at.dataframe[2].value
+    assert list(boxes["should_be"]) == ["dog", queries.NOT_AN_OBJECT]
+    assert at.dataframe[1].value.set_index("task")["n_up"].to_dict() == {"detect": 1, "classify": 0, "zero_shot": 0}
 
 
 def test_app_empty_state_names_the_task_to_run(make_app, tmp_path):
@@ -196,4 +247,5 @@ def test_app_empty_state_names_the_task_to_run(make_app, tmp_path):
     assert not at.exception and not at.error
     assert not at.get("plotly_chart")
     info = [i.value for i in at.info]
-    assert len(info) == 2 and "run the detect task" in info[0] and "run the zero_shot task" in info[1]
+    assert len(info) == 3 and "run the detect task" in info[0] and "run the zero_shot task" in info[1]
+    assert "No feedback on single answers yet" in info[2]

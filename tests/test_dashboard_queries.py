@@ -110,8 +110,12 @@ def reference(path: str, f: queries.Filters) -> pd.DataFrame:
     top1 = [json.loads(payload)["labels"][0] for payload in classify["payload"]]
     p = p.join(pd.DataFrame({"top1_label": [t["label"] for t in top1], "top1_score": [t["score"] for t in top1]},
                             index=classify.index), on="id")
-    votes = fb[fb["verdict"].notna()].sort_values("created_at").groupby("prediction_id").last()
-    edits = fb[fb["edited_caption"].notna()].sort_values("created_at").groupby("prediction_id").last()
+    # the answer's feedback: verdicts on the labels (no task, or classify, never a box), edits of the caption
+    on_labels = fb["task"].isna() | (fb["task"] == "classify")
+    on_caption = fb["task"].isna() | (fb["task"] == "caption")
+    votes = fb[fb["verdict"].notna() & on_labels & fb["target"].isna()].sort_values("created_at")
+    votes = votes.groupby("prediction_id").last()
+    edits = fb[fb["edited_caption"].notna() & on_caption].sort_values("created_at").groupby("prediction_id").last()
     p = p.join(votes[["verdict", "corrected_label"]], on="id").join(edits[["edited_caption"]], on="id")
     keep = pd.Series(True, index=p.index)
     if f.start is not None:

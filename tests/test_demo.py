@@ -171,6 +171,29 @@ def test_feedback_endpoint_records_verdicts_corrections_and_captions(client, ser
     assert rows.edited_caption.tolist()[2] == "a cup of black coffee"
 
 
+def test_feedback_endpoint_takes_a_task_and_old_callers_still_work(client, server):
+    import httpx
+    import json
+
+    result = client.predict(handle_file(str(EXAMPLES / "rocket.jpg")), api_name="/predict")
+    pid = result["id"]
+    saved = client.predict(pid, "down", None, None, "caption", None, api_name="/feedback")
+    assert saved["task"] == "caption" and saved["recorded"]
+    with pytest.raises(Exception, match="no detect output to judge"):
+        client.predict(pid, "down", None, None, None, 0, api_name="/feedback")  # a box, but no objects were asked
+    with pytest.raises(Exception, match="label the model gave"):
+        client.predict(pid, "down", result["labels"][0]["label"], None, api_name="/feedback")
+    with httpx.Client(timeout=60) as http:  # a plain HTTP caller written before feedback had tasks: four arguments
+        event = http.post(f"{server[0]}gradio_api/call/feedback", json={"data": [pid, "up", None, None]}).json()
+        body = http.get(f"{server[0]}gradio_api/call/feedback/{event['event_id']}").text
+    assert "event: complete" in body, body[:300]
+    assert json.loads(body.split("data: ", 1)[1].splitlines()[0])[0]["task"] is None
+    time.sleep(0.5)
+    rows = eventlog.query(server[1], "SELECT task, verdict FROM feedback WHERE prediction_id = ? ORDER BY created_at",
+                          [pid])
+    assert rows.verdict.tolist() == ["down", "up"] and rows.task.tolist()[0] == "caption"
+
+
 def test_the_same_image_again_is_served_from_the_cache(client):
     first = client.predict(handle_file(str(EXAMPLES / "rocket.jpg")), api_name="/predict")
     again = client.predict(handle_file(str(EXAMPLES / "rocket.jpg")), api_name="/predict")

@@ -173,16 +173,34 @@ def test_objects_and_own_labels_in_the_browser(browser, tiny_classifier_dir, tin
             expect(scores).to_contain_text("a cup of coffee")
             expect(page.locator("#objects")).to_contain_text("Objects:", timeout=60_000)
             expect(page.locator("#verdict-row")).to_be_visible()
-            page.screenshot(path=str(screenshot_path("objects.png")), full_page=True)
+            expect(page.locator("#rate-caption")).to_be_visible()
+            expect(page.locator("#rate-explain")).to_be_hidden()  # no heatmap asked: nothing to rate
             shown = page.locator("#objects").inner_text()
+            # feedback on each answer: a thumbs down on the own labels, the second box is not an object
+            page.locator("#zero_shot-down").click()
+            page.locator("#message").get_by_text("own labels 👎").wait_for()
+            which = page.locator("#which-box input")
+            which.click()
+            page.get_by_role("option", name="2. ", exact=False).first.click()
+            label = page.locator("#box-label input")
+            label.click()
+            page.get_by_role("option", name="(not an object)", exact=True).click()
+            page.locator("#mark-box").click()
+            page.locator("#message").get_by_text("box 2: not an object").wait_for()
+            expect(page.locator("#history")).to_contain_text("box 2: not an object")
+            page.screenshot(path=str(screenshot_path("objects.png")), full_page=True)
         finally:
             page.close()
         demo.studio.log.flush()
         rows = _rows(db, "SELECT task, payload FROM outputs WHERE task IN ('detect', 'zero_shot') ORDER BY task", [], 2)
+        feedback = _rows(db, "SELECT task, verdict, corrected_label, target FROM feedback ORDER BY created_at", [], 2)
     import json
 
     payloads = dict(zip(rows.task, (json.loads(p) for p in rows.payload)))
     assert payloads["zero_shot"]["label_set"] == ["a cat", "a rocket", "a cup of coffee"]
     boxes = payloads["detect"]["boxes"]
-    assert boxes and all(b["score"] >= 0.05 for b in boxes)  # the page's threshold reached the task
+    assert len(boxes) >= 2 and all(b["score"] >= 0.05 for b in boxes)  # the page's threshold reached the task
     assert f"{len(boxes)} found" in shown
+    assert feedback.task.tolist() == ["zero_shot", "detect"] and feedback.verdict.tolist() == ["down", "down"]
+    assert feedback.corrected_label.isna().all()  # a box that is not an object has no right label
+    assert json.loads(feedback.target.iloc[1]) == {"index": 1, **boxes[1]}  # stored with the box as it was shown

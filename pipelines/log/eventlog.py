@@ -48,6 +48,7 @@ _COLUMNS = sql.COLUMNS
 VERDICTS = ("up", "down")
 MAX_CAPTION_CHARS = 1000
 MAX_LABEL_CHARS = 200
+RECENT_OUTPUTS = 4096  # predictions whose outputs feedback finds in memory; older ones are read from the file
 _ARROW_SCHEMAS: dict[str, pa.Schema] = {}
 
 LOCK_RETRY_S = 0.02
@@ -255,6 +256,25 @@ def _payload(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, default=_to_json)
 
 
+def _feedback_view(payload: Any) -> dict | None:
+    """A task's output as feedback checks it: the payload without a heatmap's pixels."""
+    if isinstance(payload, str):
+        payload = json.loads(payload)
+    return {k: v for k, v in payload.items() if k != "heatmap"} if isinstance(payload, dict) else payload
+
+
+def _canonical(target: dict | None) -> str | None:
+    """A feedback target as JSON text that is the same for the same target, so it can be matched as text."""
+    return None if target is None else json.dumps(target, sort_keys=True, ensure_ascii=False,
+                                                 separators=(",", ":"), default=_to_json)
+
+
+def _verdict_scope(task: str | None, target: str | None) -> str:
+    """What a verdict is on: the answer's labels ('classify', as before tasks had feedback), a task, or a box."""
+    scope = "classify" if task is None else task
+    return scope if target is None else f"{scope}:{target}"
+
+
 class Removed(NamedTuple):
     """What a deletion took out of the log."""
 
@@ -414,6 +434,7 @@ class EventLog:
         self.taken_over: str | None = None  # set when another process took the log from under this one
         self.replayed_images: list[str] = []  # kept images named by tombstones replayed at open
         self._last_feedback: OrderedDict[str, dict] = OrderedDict()
+        self._outputs: OrderedDict[str, dict] = OrderedDict()  # recent predictions' outputs, by task
         self._feedback_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -518,13 +539,37 @@ class EventLog:
             version["first_seen"] = version["first_seen"] or row["created_at"]
         durable = self._append({"request": row, "outputs": outputs, "versions": versions})
         self._remember(row["id"])
+        # what feedback checks against (the labels, the boxes), at hand while it is most likely to come
+        self._outputs[row["id"]] = {o["task"]: _feedback_view(o["payload"]) for o in outputs}
+        if len(self._outputs) > RECENT_OUTPUTS:
+            self._outputs.popitem(last=False)
         return Logged(row["id"], durable)
 
+    def output(self, prediction_id: str, task: str) -> dict | None:
+        """The output a task gave on a logged prediction (a heatmap left out), or None when it did not run on it."""
+        if not self.knows(prediction_id):
+            return None
+        held = self._outputs.get(prediction_id)
+        if held is not None:
+            return held.get(task)
+        for attempt in range(2):
+            with reader(self.path) as con:
+                found = con.execute("SELECT o.payload, p.id FROM predictions p LEFT JOIN outputs o "
+                                    "ON o.prediction_id = p.id AND o.task = ? WHERE p.id = ?",
+                                    [task, prediction_id]).fetchone()
+            if found:
+                return _feedback_view(json.loads(found[0])) if found[0] is not None else None
+            self.flush()  # logged, but still in the journal
+        return None
+
     def log_feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
-                     edited_caption: str | None = None) -> tuple[Logged, bool]:
+                     edited_caption: str | None = None, task: str | None = None,
+                     target: dict | None = None) -> tuple[Logged, bool]:
         """Record feedback on a known prediction; returns (feedback id, False if it repeated the last one).
 
-        The id's `durable` says whether the feedback is on disk already.
+        Without `task` it is on the request's answer (the labels' verdict, the caption's edit); with it, on
+        that task's output, and with `target` on one part of it (a detected box). The id's `durable` says
+        whether the feedback is on disk already.
         """
         if verdict is not None and verdict not in VERDICTS:
             raise FeedbackRejected(f"The verdict must be 'up' or 'down', not {verdict!r}.")
@@ -537,43 +582,62 @@ class EventLog:
         if corrected_label is not None and len(corrected_label) > MAX_LABEL_CHARS:
             raise FeedbackRejected(f"The corrected label is {len(corrected_label)} characters; "
                                    f"the limit is {MAX_LABEL_CHARS}.")
+        if edited_caption is not None and task not in (None, "caption"):
+            raise FeedbackRejected(f"An edited caption is feedback on the caption, not on {task}.")
         if corrected_label and verdict is None:
             verdict = "down"  # a correction says the answer was wrong
         if verdict is None and corrected_label is None and edited_caption is None:
             raise FeedbackRejected("Nothing to record: give a verdict, a corrected label or an edited caption.")
+        target_json = _canonical(target)
+        scope = _verdict_scope(task, target_json)
         with self._feedback_lock:  # a deletion takes this lock too: feedback lands before its tombstone or is refused
             if not self.knows(prediction_id):
                 raise FeedbackRejected(f"There is no prediction with id {prediction_id!r}.")
-            latest = self._latest_feedback(prediction_id)
-            # A double click or a retried request counts once: feedback that says what the latest feedback says
-            # (the same verdict and corrected label, the same edited caption) is not recorded again.
-            same_verdict = verdict is None or (latest["verdict"], latest["corrected_label"]) == (verdict, corrected_label)
-            same_edit = edited_caption is None or latest["edited_caption"] == edited_caption
+            latest = self._latest_feedback(prediction_id, task, target_json)
+            # A double click or a retried request counts once: feedback that says what the latest feedback on the
+            # same thing says (the same verdict and corrected label, the same edited caption) is not recorded again.
+            said = latest[scope]
+            same_verdict = verdict is None or (said["verdict"], said["corrected_label"]) == (verdict, corrected_label)
+            same_edit = edited_caption is None or latest["edit"]["edited_caption"] == edited_caption
             if same_verdict and same_edit:
-                return Logged(latest["verdict_id"] if verdict is not None else latest["edit_id"],
+                return Logged(said["verdict_id"] if verdict is not None else latest["edit"]["edit_id"],
                               not self._backlog), False
             row = {"id": new_id(), "prediction_id": prediction_id, "created_at": utcnow(), "verdict": verdict,
-                   "corrected_label": corrected_label, "edited_caption": edited_caption}
+                   "corrected_label": corrected_label, "edited_caption": edited_caption, "task": task,
+                   "target": target_json}
             durable = self._append({"table": "feedback", "row": row})
             if verdict is not None:
-                latest.update(verdict=verdict, corrected_label=corrected_label, verdict_id=row["id"])
+                said.update(verdict=verdict, corrected_label=corrected_label, verdict_id=row["id"])
             if edited_caption is not None:
-                latest.update(edited_caption=edited_caption, edit_id=row["id"])
+                latest["edit"].update(edited_caption=edited_caption, edit_id=row["id"])
             self._last_feedback[prediction_id] = latest
             if len(self._last_feedback) > self._known_cap:
                 self._last_feedback.popitem(last=False)
         return Logged(row["id"], durable), True
 
-    _LATEST = ("verdict", "corrected_label", "verdict_id", "edited_caption", "edit_id")
-
-    def _latest_feedback(self, prediction_id: str) -> dict:
-        """The prediction's latest feedback (sql.latest_feedback, the dashboard's and the export's definition)."""
-        if prediction_id in self._last_feedback:
-            return dict(self._last_feedback[prediction_id])
+    def _latest_feedback(self, prediction_id: str, task: str | None = None, target: str | None = None) -> dict:
+        """The prediction's latest feedback, by what it is on (sql.latest_feedback, the dashboard's definition):
+        {"edit": its latest edited caption, scope: its latest verdict on that task's output or box}."""
+        scope = _verdict_scope(task, target)
+        known = self._last_feedback.get(prediction_id)
+        if known is not None and scope in known:
+            return {key: dict(value) for key, value in known.items()}
+        latest = {key: dict(value) for key, value in (known or {}).items()}
+        on = None if scope == "classify" else task  # the answer's verdicts: task NULL before schema 4, or classify
+        where, params = "prediction_id = ?", [prediction_id]
+        if target is not None:
+            where, params = where + " AND CAST(target AS VARCHAR) = ?", params + [target]
+        verdicts = ("verdict", "corrected_label", "verdict_id")
+        edits = ("edited_caption", "edit_id")
         with reader(self.path) as con:
-            found = con.execute(f"SELECT {', '.join(self._LATEST)} FROM ({sql.latest_feedback(self._LATEST, 'prediction_id = ?')})",
-                                [prediction_id]).fetchall()
-        return dict(zip(self._LATEST, found[0] if found else (None,) * len(self._LATEST)))
+            found = con.execute(f"SELECT {', '.join(verdicts)} FROM ({sql.latest_feedback(verdicts, where, on)})",
+                                params).fetchall()
+            latest[scope] = dict(zip(verdicts, found[0] if found else (None,) * len(verdicts)))
+            if "edit" not in latest:
+                found = con.execute(f"SELECT {', '.join(edits)} FROM ({sql.latest_feedback(edits, 'prediction_id = ?')})",
+                                    [prediction_id]).fetchall()
+                latest["edit"] = dict(zip(edits, found[0] if found else (None,) * len(edits)))
+        return latest
 
     def knows(self, prediction_id: str) -> bool:
         """Whether a prediction with this id was logged (here, or earlier in the file) and not deleted."""
@@ -611,6 +675,7 @@ class EventLog:
                     self._deleted[prediction_id] = None
                     self._known.pop(prediction_id, None)
                     self._last_feedback.pop(prediction_id, None)
+                    self._outputs.pop(prediction_id, None)
                 while len(self._deleted) > self._known_cap:
                     self._deleted.popitem(last=False)
             feedback = self._flush_pending(self._read_pending())

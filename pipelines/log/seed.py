@@ -43,6 +43,7 @@ TOP_K = 5
 DETECTOR = ("ustc-community/dfine-small-coco", "synthetic")
 ZERO_SHOT = ("google/siglip2-base-patch32-256", "synthetic")
 DETECT_SHARE, ZERO_SHOT_SHARE = 0.3, 0.2
+TASK_FEEDBACK_SHARE, BOX_FEEDBACK_SHARE = 0.15, 0.05  # outputs given a thumbs, boxes marked wrong
 OBJECTS = ("person", "car", "chair", "cup", "dog", "cat", "bottle", "laptop", "bicycle", "potted plant", "book",
            "dining table")
 LABEL_SETS = (
@@ -184,16 +185,20 @@ def synthetic_tables(rows: int, seed: int = 0, end: datetime | None = None,
             np.concatenate([np.where(gives_label[v], corrected[v], None), np.full(e.size, None)]).astype(object),
             pa.string()),
         "edited_caption": pa.array(np.concatenate([np.full(v.size, None), edited[e]]).astype(object), pa.string()),
+        "task": pa.nulls(fb_pred.size, pa.string()),  # on the request's answer
+        "target": pa.nulls(fb_pred.size, pa.string()),
     })
-    extra_outputs, extra_versions = _task_outputs(ids, created, seed)
+    extra_outputs, extra_versions, task_feedback = _task_outputs(ids, created, seed)
     outputs = pa.concat_tables([outputs, extra_outputs.cast(outputs.schema)])
     versions = pa.concat_tables([versions, extra_versions.cast(versions.schema)])
+    feedback = pa.concat_tables([feedback, task_feedback.select(feedback.column_names).cast(feedback.schema)])
     return {"predictions": predictions, "model_versions": versions, "outputs": outputs, "feedback": feedback}
 
 
-def _task_outputs(ids: np.ndarray, created: np.ndarray, seed: int) -> tuple[pa.Table, pa.Table]:
+def _task_outputs(ids: np.ndarray, created: np.ndarray, seed: int) -> tuple[pa.Table, pa.Table, pa.Table]:
     """detect outputs on about DETECT_SHARE of the requests and zero_shot outputs on about ZERO_SHOT_SHARE, with
-    payloads as the tasks give them, and their two model versions (first seen at their first output)."""
+    payloads as the tasks give them, their two model versions (first seen at their first output), and feedback
+    on them: thumbs on some outputs, and some boxes marked wrong (relabelled, or not an object)."""
     rng = np.random.default_rng([seed, 11])
     rows = ids.size
     detect = rng.random(rows) < DETECT_SHARE
@@ -235,8 +240,22 @@ def _task_outputs(ids: np.ndarray, created: np.ndarray, seed: int) -> tuple[pa.T
         "labels": pa.array([x for _, _, names, _ in set_of for x in names], pa.list_(pa.string())).take(back),
         "scores": pa.array([x for *_, sc in set_of for x in sc], pa.list_(pa.float64())).take(back),
     })
+    # feedback, drawn after everything above so the outputs stay as they were
+    rated = rng.random(rows) < TASK_FEEDBACK_SHARE
+    rated_up = rng.random(rows) < 0.7
+    marked = rng.random(owner.size) < BOX_FEEDBACK_SHARE
+    relabel = np.where(rng.random(owner.size) < 0.6, (classes + 1 + rng.integers(0, len(OBJECTS) - 1, owner.size))
+                       % len(OBJECTS), -1)
+    delay = rng.uniform(5, 90, rows)
+    boxes = boxes.append_column("marked", pa.array(marked)).append_column(
+        "should_be", pa.array(np.where(relabel >= 0, np.array(OBJECTS, dtype=object)[relabel], None), pa.string()))
+    thumbs = pa.table({"id": pa.array(ids, pa.string()), "owner": pa.array(np.arange(rows), pa.int64()),
+                       "created_at": pa.array(created + (delay * 1e6).astype("timedelta64[us]")),
+                       "detect": pa.array(detect & rated), "zero_shot": pa.array(zero_shot & rated),
+                       "verdict": pa.array(np.where(rated_up, "up", "down").astype(object), pa.string())})
     with duckdb.connect() as con:
         con.register("boxes", boxes)
+        con.register("thumbs", thumbs)
         con.register("photos", photo_table)
         con.register("zs", zs_table)
         outputs = con.sql(f"""
@@ -255,6 +274,32 @@ def _task_outputs(ids: np.ndarray, created: np.ndarray, seed: int) -> tuple[pa.T
                              'label_set': label_set}})::VARCHAR,
                    ms, labels[1], scores[1]
             FROM zs ORDER BY 1, 2""").to_arrow_table()
+        feedback = con.sql(f"""
+            WITH ranked AS (SELECT *, row_number() OVER (PARTITION BY owner ORDER BY score DESC, pos) - 1 AS idx
+                            FROM boxes)
+            SELECT 'seed{seed}-tfb-' || lpad(CAST(row_number() OVER (ORDER BY created_at, task, prediction_id,
+                       target) AS VARCHAR), 8, '0') AS id, prediction_id, created_at, verdict,
+                   NULL::VARCHAR AS corrected_label, NULL::VARCHAR AS edited_caption, task, target
+            FROM (SELECT id AS prediction_id, created_at, verdict, 'detect' AS task, NULL::VARCHAR AS target
+                  FROM thumbs WHERE detect
+                  UNION ALL
+                  SELECT id, created_at + INTERVAL 1 SECOND, verdict, 'zero_shot', NULL FROM thumbs WHERE zero_shot
+                  UNION ALL
+                  SELECT t.id, t.created_at + INTERVAL 2 SECOND, 'down', 'detect',
+                         to_json({{'box': r.box, 'index': r.idx, 'label': r.label, 'score': r.score}})::VARCHAR
+                  FROM ranked r JOIN thumbs t ON t.owner = r.owner WHERE r.marked)""").to_arrow_table()
+        relabelled = con.sql("""
+            SELECT t.id AS prediction_id, to_json({'box': r.box, 'index': r.idx, 'label': r.label,
+                                                   'score': r.score})::VARCHAR AS target, r.should_be
+            FROM (SELECT *, row_number() OVER (PARTITION BY owner ORDER BY score DESC, pos) - 1 AS idx FROM boxes) r
+            JOIN thumbs t ON t.owner = r.owner WHERE r.marked""").to_arrow_table()
+        con.register("fb", feedback)
+        con.register("relabelled", relabelled)
+        feedback = con.sql("""
+            SELECT fb.id, fb.prediction_id, fb.created_at, fb.verdict, r.should_be AS corrected_label,
+                   fb.edited_caption, fb.task, fb.target
+            FROM fb LEFT JOIN relabelled r ON r.prediction_id = fb.prediction_id AND r.target = fb.target
+            ORDER BY fb.id""").to_arrow_table()
     used = [(v, m, r, created[np.argmax(mask)]) for v, (m, r), mask in
             ((detector, DETECTOR, detect), (zs_model, ZERO_SHOT, zero_shot)) if mask.any()]
     versions = pa.table({
@@ -262,7 +307,7 @@ def _task_outputs(ids: np.ndarray, created: np.ndarray, seed: int) -> tuple[pa.T
         "revision": pa.array([u[2] for u in used], pa.string()),
         "first_seen": pa.array([u[3] for u in used], pa.timestamp("us")),
     })
-    return outputs, versions
+    return outputs, versions, feedback
 
 
 def seed(db: str, rows: int, seed: int = 0, end: datetime | None = None, days: float = 30.0) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """Every piece of SQL that knows the log's tables: the schema and its migrations, "latest feedback", and the
 wide relation that puts a request back into one row for readers (the dashboard, the export).
 
-The tables (schema version 3):
+The tables (schema version 4):
 
     predictions     one row per request: id, created_at, image_sha256, width, height, intake_ms, total_ms,
                     cached, source, session_id, image_file
@@ -10,7 +10,11 @@ The tables (schema version 3):
                     label and score (classify's top-1, explain's label), typed: parsing JSON for every row
                     made the dashboard three to five times slower
     model_versions  each model version once: version ("id@revision", or the id alone), model, revision, first_seen
-    feedback        as before: verdicts, corrected labels and edited captions, many per prediction
+    feedback        verdicts, corrected labels and edited captions, many per prediction; each on the request's
+                    answer (task NULL: the labels' verdict and the caption's edit, as before schema 4) or on one
+                    task's output (task), and for a detected box on that box (target: the box as it was
+                    answered, {"index", "label", "score", "box"}; a thumbs down on a box without a corrected
+                    label says it is not an object)
 
 A new task adds rows to `outputs`, never a column.
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _version_sql(model: str, revision: str) -> str:
@@ -123,6 +127,10 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             FROM predictions WHERE caption IS NOT NULL""",
         *(f"ALTER TABLE predictions DROP COLUMN {column}" for column in V2_TASK_COLUMNS),
     )),
+    (4, "feedback on one task's output, or on one detected box", (
+        "ALTER TABLE feedback ADD COLUMN task VARCHAR",   # NULL: the request's answer, as every row before it
+        "ALTER TABLE feedback ADD COLUMN target JSON",    # the box a verdict is about, as it was answered
+    )),
 )
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
@@ -133,7 +141,7 @@ OUTPUT_COLUMNS: tuple[str, ...] = ("prediction_id", "task", "model_version", "pr
                                    "score")
 VERSION_COLUMNS: tuple[str, ...] = ("version", "model", "revision", "first_seen")
 FEEDBACK_COLUMNS: tuple[str, ...] = (
-    "id", "prediction_id", "created_at", "verdict", "corrected_label", "edited_caption",
+    "id", "prediction_id", "created_at", "verdict", "corrected_label", "edited_caption", "task", "target",
 )
 COLUMNS: dict[str, tuple[str, ...]] = {"predictions": PREDICTION_COLUMNS, "outputs": OUTPUT_COLUMNS,
                                        "model_versions": VERSION_COLUMNS, "feedback": FEEDBACK_COLUMNS}
@@ -147,44 +155,75 @@ KEYS: dict[str, tuple[str, ...]] = {"predictions": ("id",), "outputs": ("predict
 LATEST_PARTS = ("verdict", "corrected_label", "verdict_id", "edited_caption", "edit_id", "edited")
 
 
+# Verdicts on the request's answer: the page's and the API's thumbs before schema 4 (task NULL) and those on the
+# labels since; an edited caption is on the answer whether it came with task NULL or 'caption'.
+ANSWER_VERDICT = "coalesce(task, 'classify') = 'classify' AND target IS NULL"
+ANSWER_EDIT = "coalesce(task, 'caption') = 'caption'"
+_TASK_NAME = re.compile(r"^[a-z_]+$")
+
+
 def latest_feedback(need: Iterable[str] = ("verdict", "corrected_label", "edited_caption"),
-                    where: str = "") -> str:
+                    where: str = "", task: str | None = None) -> str:
     """Per prediction: its latest verdict with that verdict's corrected label, and its latest edited caption.
 
     The one definition of "latest feedback", as a query grouped by prediction_id. `need` picks the columns
     (LATEST_PARTS; `edited` says whether there is an edit at all, without carrying its text); `where` narrows
-    the feedback rows read (a condition, parameters are the caller's). A later verdict without a label
-    clears an earlier correction (arg_max_null; arg_max would skip the NULL and keep it). Ties on
-    created_at are left to chance: they need the same microsecond.
+    the feedback rows read (a condition, parameters are the caller's). Verdicts are those on the request's
+    answer (the labels: ANSWER_VERDICT), or with `task` those on that task's outputs (a box's verdict has its
+    box in `target`: narrow by it in `where`). A later verdict without a label clears an earlier correction
+    (arg_max_null; arg_max would skip the NULL and keep it). Ties on created_at are left to chance: they need
+    the same microsecond.
     """
     need = set(need)
     unknown = need - set(LATEST_PARTS)
     if unknown:
         raise ValueError(f"unknown latest-feedback columns: {sorted(unknown)}")
+    if task is not None and not _TASK_NAME.match(task):
+        raise ValueError(f"not a task name: {task!r}")
+    on_verdict = f"verdict IS NOT NULL AND task = '{task}'" if task else f"verdict IS NOT NULL AND {ANSWER_VERDICT}"
+    on_edit = f"edited_caption IS NOT NULL AND {ANSWER_EDIT}"
     verdicts = need & {"verdict", "corrected_label", "verdict_id"}
     edits = need & {"edited_caption", "edit_id", "edited"}
     columns = ["prediction_id"]
     if "verdict" in need:
-        columns.append("arg_max(verdict, created_at) FILTER (WHERE verdict IS NOT NULL) AS verdict")
+        columns.append(f"arg_max(verdict, created_at) FILTER (WHERE {on_verdict}) AS verdict")
     if "corrected_label" in need:
-        columns.append("arg_max_null(corrected_label, created_at) FILTER (WHERE verdict IS NOT NULL) "
-                       "AS corrected_label")
+        columns.append(f"arg_max_null(corrected_label, created_at) FILTER (WHERE {on_verdict}) AS corrected_label")
     if "verdict_id" in need:
-        columns.append("arg_max(id, created_at) FILTER (WHERE verdict IS NOT NULL) AS verdict_id")
+        columns.append(f"arg_max(id, created_at) FILTER (WHERE {on_verdict}) AS verdict_id")
     if "edited_caption" in need:
-        columns.append("arg_max(edited_caption, created_at) FILTER (WHERE edited_caption IS NOT NULL) "
-                       "AS edited_caption")
+        columns.append(f"arg_max(edited_caption, created_at) FILTER (WHERE {on_edit}) AS edited_caption")
     if "edit_id" in need:
-        columns.append("arg_max(id, created_at) FILTER (WHERE edited_caption IS NOT NULL) AS edit_id")
+        columns.append(f"arg_max(id, created_at) FILTER (WHERE {on_edit}) AS edit_id")
     if "edited" in need:
-        columns.append("bool_or(edited_caption IS NOT NULL) AS edited")
+        columns.append(f"coalesce(bool_or({on_edit}), false) AS edited")
     clauses = [f"({where})"] if where else []
     if verdicts and not edits:
-        clauses.append("verdict IS NOT NULL")
+        clauses.append(on_verdict)
     elif edits and not verdicts:
-        clauses.append("edited_caption IS NOT NULL")
+        clauses.append(on_edit)
+    else:
+        clauses.append(f"(({on_verdict}) OR ({on_edit}))")
     condition = (" WHERE " + " AND ".join(clauses)) if clauses else ""
     return f"SELECT {', '.join(columns)} FROM feedback{condition} GROUP BY prediction_id"
+
+
+def task_verdicts(ids_from: str) -> str:
+    """Per task, over the requests in `ids_from`: outputs with a verdict and those whose latest verdict is up (a
+    verdict with no task is on the labels, classify's; one box's verdict is not the output's)."""
+    return (f"SELECT task, count(*) AS n_verdict, count(*) FILTER (WHERE verdict = 'up') AS n_up FROM ("
+            "SELECT prediction_id, coalesce(task, 'classify') AS task, arg_max(verdict, created_at) AS verdict "
+            f"FROM feedback WHERE verdict IS NOT NULL AND target IS NULL AND prediction_id IN (SELECT id FROM {ids_from}) "
+            "GROUP BY ALL) GROUP BY task")
+
+
+def box_feedback(ids_from: str) -> str:
+    """Each detected box's latest verdict, over the requests in `ids_from`: the box's label as answered, and its
+    corrected label (NULL on a thumbs down: not an object; on a thumbs up: right as it was)."""
+    return ("SELECT prediction_id, json_extract_string(any_value(target), '$.label') AS label, "
+            "arg_max(verdict, created_at) AS verdict, arg_max_null(corrected_label, created_at) AS corrected_label "
+            f"FROM feedback WHERE task = 'detect' AND target IS NOT NULL AND verdict IS NOT NULL "
+            f"AND prediction_id IN (SELECT id FROM {ids_from}) GROUP BY prediction_id, CAST(target AS VARCHAR)")
 
 
 # -- the wide relation -----------------------------------------------------------------------------

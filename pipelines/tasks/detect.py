@@ -64,6 +64,12 @@ class Detector(LazyModel):
         model = self._load_with_processor(AutoModelForObjectDetection, AutoImageProcessor, source, pretrained_kwargs)
         self._labels = {int(i): str(name) for i, name in model.config.id2label.items()}
 
+    @property
+    def labels(self) -> list[str]:
+        """The classes the detector knows, in id order (loads the model)."""
+        self.load()
+        return [self._labels[i] for i in sorted(self._labels)]
+
     def _linear_share(self, source: str, pretrained_kwargs: dict) -> float | None:
         from transformers import AutoConfig
 
