@@ -152,3 +152,17 @@ def test_deleting_a_prediction_forgets_its_outputs_and_its_box_feedback(studio):
         studio.feedback(result["id"], verdict="down", box=1)
     assert _feedback(studio) == []
     assert studio.log.output(result["id"], "detect") is None
+
+
+def test_box_feedback_acknowledged_before_a_crash_is_replayed_with_its_box(studio):
+    result = studio.predict(str(PHOTO), tasks=["detect"])
+    saved = studio.feedback(result["id"], corrected_label="dog", box=1)
+    assert saved["logged"]  # on disk in the journal; DuckDB has not seen it (flush_interval is 60 s)
+    path = studio.log.path
+    studio.log._stop.set()
+    studio.log._release()  # a crash: nothing more is written, the next start replays the journal
+    studio.log = EventLog(path, flush_interval=60).open()
+    (row,) = _feedback(studio)
+    assert (row["id"], row["task"], row["corrected_label"]) == (saved["id"], "detect", "dog")
+    assert json.loads(row["target"]) == saved["box"] == {"index": 1, **result["outputs"]["detect"]["boxes"][1]}
+    assert studio.feedback(result["id"], corrected_label="dog", box=1)["duplicate"]  # the replayed one counts
