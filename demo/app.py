@@ -497,6 +497,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m demo", description="Start the imagerec demo.")
     settings.add_arguments(parser)
     config = settings.resolve(parser.parse_args(argv))
+    try:
+        page_tasks(config)
+    except tasks.UnknownTask as exc:  # a mistyped IMAGEREC_PAGE_TASKS: say so, as for any other bad setting
+        parser.error(f"page_tasks: {exc}")
     _configure_torch(config)
     demo = create_app(config)
     atexit.register(demo.studio.close)

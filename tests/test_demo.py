@@ -243,3 +243,17 @@ def test_app_starts_and_says_so_when_a_model_cannot_be_loaded(tiny_captioner_dir
         message = str(caught.value)
         assert "no-such-org/no-such-model" in message and "local folder" in message, message
         assert process.poll() is None
+
+
+def test_an_unknown_page_task_stops_the_start_with_a_sentence(monkeypatch, capsys):
+    import demo.app as app
+
+    def started(*args, **kwargs):
+        raise AssertionError("the demo started with a task that does not exist")
+
+    monkeypatch.setattr(app, "create_app", started)  # so a regression fails here instead of serving
+    monkeypatch.setenv("IMAGEREC_PAGE_TASKS", "classify,faces")
+    with pytest.raises(SystemExit) as stopped:
+        app.main([])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "There is no task 'faces'" in err and "Traceback" not in err
