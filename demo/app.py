@@ -21,9 +21,8 @@ if __package__ in (None, ""):  # run as `python demo/app.py`, as a Hugging Face 
 
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
-from starlette.middleware import Middleware  # noqa: E402
 
-from demo.gate import Gate  # noqa: E402
+from demo import server  # noqa: E402
 from demo.photo import PhotoInput, in_upload_cache  # noqa: E402
 from pipelines import access, settings, tasks  # noqa: E402
 from pipelines.intake import ImageRejected  # noqa: E402
@@ -31,7 +30,6 @@ from pipelines.log.eventlog import FeedbackRejected, LogError  # noqa: E402
 from pipelines.models import ModelLoadError  # noqa: E402
 from pipelines.studio import Caller, RequestRejected, Studio, public  # noqa: E402
 from pipelines.tasks.explain import overlay  # noqa: E402
-from pipelines.uploads import UploadBudget  # noqa: E402
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.jpg"))
 HISTORY_COLUMNS = ["time (UTC)", "top label", "score", "caption", "feedback", "id"]
@@ -398,26 +396,23 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
     return demo
 
 
-def launch(demo: gr.Blocks, config: settings.Settings, **overrides: Any):
-    """Queue and launch with safe defaults: no share link, capped uploads, concurrency fit for the CPU."""
+def launch(demo: gr.Blocks, config: settings.Settings, prevent_thread_lock: bool = False, quiet: bool = False):
+    """Serve the page and the REST face on one port: blocking, or in a thread (prevent_thread_lock); returns
+    (app, url, None) like Gradio's launch."""
     # uvicorn replaces the peer with an X-Forwarded-For entry when the peer is loopback (FORWARDED_ALLOW_IPS):
     # a local process could then pose as any client. The access policy reads forwarded headers itself, as far
     # as forwarded_hops says, so uvicorn must hand over the socket's own peer.
     os.environ["FORWARDED_ALLOW_IPS"] = ""
-    demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
-    gate = Middleware(Gate, max_body=int(config.max_body_kb * 1000),
-                      budget=UploadBudget(int(config.upload_budget_mb * 1_000_000)),
-                      identify=lambda headers, peer: access.client_identity(headers, peer, config),
-                      uploads=getattr(demo, "upload_refs", None),
-                      on_download=getattr(getattr(demo, "exports", None), "downloaded", None))
-    options = dict(server_name=config.host, server_port=config.port, share=False,
-                   max_file_size=int(config.max_upload_mb * 1_000_000), footer_links=["api"],
-                   theme=THEME, css=CSS, ssr_mode=False)
-    options.update(overrides)
-    # the gate sits in front of every route (Gradio's own middleware wraps it), before any body is read
-    app_kwargs = dict(options.pop("app_kwargs", None) or {})
-    app_kwargs["middleware"] = [gate, *app_kwargs.get("middleware", [])]
-    return demo.launch(app_kwargs=app_kwargs, **options)
+    app = server.build(demo, config, page_tasks(config), footer_links=["api"], theme=THEME, css=CSS, ssr_mode=False)
+    service = server.Service(app, config.host, config.port, quiet=quiet)
+    demo.service = service
+    if not quiet:
+        print(f"imagerec on {service.url} (REST: {service.url}docs)", flush=True)
+    if prevent_thread_lock:
+        service.start()
+        return app, service.url, None
+    service.serve()
+    return app, service.url, None
 
 
 def _configure_torch(config: settings.Settings) -> None:
@@ -435,13 +430,13 @@ def main(argv: list[str] | None = None) -> None:
     _configure_torch(config)
     demo = create_app(config)
     atexit.register(demo.studio.close)
-    # SIGTERM (docker stop, systemd, a Space restart) skips atexit; as KeyboardInterrupt it makes Gradio close
-    # the server and return here, so the log is closed and its journal drained before the process ends.
+    # SIGTERM (docker stop, systemd, a Space restart) skips atexit; uvicorn closes the server on it and then
+    # raises it again here, where it becomes KeyboardInterrupt: the log is closed and its journal drained first.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        launch(demo, config)  # returns once Gradio's loop has turned the signal into closing the server
+        launch(demo, config)  # returns once uvicorn has turned the signal into closing the server
     except KeyboardInterrupt:  # the signal came while launch() was still starting up
-        demo.close()
+        pass
     finally:
         demo.studio.close()
 
