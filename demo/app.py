@@ -19,6 +19,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 if __package__ in (None, ""):  # run as `python demo/app.py`, as a Hugging Face Space does
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipelines import space  # noqa: E402
+
+space.use_persistent_cache()  # before anything imports huggingface_hub, which reads HF_HOME once
+
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 
@@ -51,10 +55,16 @@ SHOWN_SIDE = 800  # the longest side of the photo the objects are drawn on
 
 # -- what the page shows ----------------------------------------------------------------------------------------
 
+EPHEMERAL = ("⚠️ The log is on this Space's temporary disk: predictions and feedback are lost at every restart. "
+             "Turn on persistent storage in the Space's settings to keep them (README, *Space settings*).")
+
+
 def status_markdown(studio: Studio) -> str:
     """The log's problems and each model's state, one line each."""
     lines = [f"⚠️ {problem}" for problem in (studio.log.set_aside, studio.log.append_error, studio.log.taken_over)
              if problem]
+    if space.log_is_ephemeral(str(studio.log.path)):
+        lines.append(EPHEMERAL)
     for role, state in studio.model_status().items():
         if state["error"]:
             lines.append(f"⚠️ **The {role} is not available.** {state['error']}")

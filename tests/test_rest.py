@@ -283,3 +283,21 @@ def test_readyz_flips_when_the_log_cannot_be_written(tiny_classifier_dir, tiny_c
         finally:
             holder.kill()
             holder.wait()
+
+
+# -- a Space's persistent storage ---------------------------------------------------------------------------------
+
+def test_a_space_keeps_its_log_and_model_cache_on_persistent_storage_when_it_has_it(tmp_path):
+    from pipelines import space
+
+    storage = tmp_path / "data"
+    assert space.persistent_dir({"SPACE_ID": "me/imagerec"}, storage) is None  # not turned on: no /data
+    assert space.log_is_ephemeral(str(tmp_path / "log.duckdb"), {"SPACE_ID": "me/imagerec"}, storage)
+    storage.mkdir()
+    environ = {"SPACE_ID": "me/imagerec"}
+    assert space.use_persistent_cache(environ, storage) == str(storage / ".huggingface") == environ["HF_HOME"]
+    assert space.use_persistent_cache({"SPACE_ID": "x", "HF_HOME": "/mine"}, storage) is None  # the owner's wins
+    assert not space.log_is_ephemeral(str(storage / "imagerec.duckdb"), environ, storage)
+    assert space.log_is_ephemeral(str(tmp_path / "log.duckdb"), environ, storage)
+    assert not space.log_is_ephemeral(str(tmp_path / "log.duckdb"), {}, storage)  # not a Space: no notice
+    assert space.persistent_dir({}, storage) is None
