@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import logging
 import os
 import signal
 import sys
@@ -35,13 +36,13 @@ from pipelines.models import ModelLoadError  # noqa: E402
 from pipelines.studio import Caller, RequestRejected, Studio, public  # noqa: E402
 from pipelines.tasks.explain import overlay  # noqa: E402
 
+log = logging.getLogger("imagerec.demo")
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.jpg"))
 HISTORY_COLUMNS = ["time (UTC)", "top label", "score", "caption", "feedback", "id"]
 HISTORY_LENGTH = 20
 THEME = gr.themes.Default(primary_hue="orange")
 CSS = """
 #verdict-row button { font-size: 1.4rem; }
-footer { visibility: hidden; }
 """
 USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError, FeedbackRejected, LogError, access.AccessDenied)
 NOT_LOGGED = ("⚠️ This was not saved to disk yet: the log's disk cannot be written, so it is held in memory "
@@ -170,7 +171,9 @@ def caller(request: gr.Request | None) -> Caller | None:
     return Caller(request.headers, request.client.host if request.client else None)
 
 
-def user_error(exc: Exception) -> gr.Error:
+def user_error(exc: Exception | str) -> gr.Error:
+    """A visitor's mistake or a refusal: one line in the server's log, the sentence on the page, no traceback."""
+    log.info("refused: %s", exc)
     return gr.Error(str(exc), print_exception=False)
 
 
@@ -192,9 +195,11 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
     def analyze(image: str | None, prompt: str, chosen: list[str], threshold: float, custom: str,
                 history: list[dict], request: gr.Request):
         if not image:
-            raise gr.Error(ADD_A_PHOTO)
+            yield refused(ADD_A_PHOTO)
+            return
         if not chosen:
-            raise gr.Error("Pick at least one thing to find: labels, a caption, …")
+            yield refused("Pick at least one thing to find: labels, a caption, …")
+            return
         session = request.session_hash if request else None
         try:
             for result in studio.predict_steps(image, prompt=prompt, tasks=chosen, origin="demo", session_id=session,
@@ -215,11 +220,18 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                        message: "" if result["logged"] else NOT_LOGGED,
                        model_status: status_markdown(studio)}  # a model first asked for has just loaded
         except USER_ERRORS as exc:
-            raise user_error(exc) from None
+            yield refused(str(exc))
+
+    def refused(sentence: str) -> dict:
+        """A photo or request refused: a warning and the sentence under the outputs, which keep their last answer
+        (an error raised here would mark every output with a red Error badge)."""
+        log.info("refused: %s", sentence)
+        gr.Warning(sentence)
+        return {message: f"⚠️ {sentence}"}
 
     def record(current: dict | None, history: list[dict], note: str, **feedback: Any) -> tuple[list[dict], list, str]:
         if not current or not current.get("caption"):
-            raise gr.Error("Recognize a photo first, then give feedback on it.")
+            raise user_error("Recognize a photo first, then give feedback on it.")
         try:
             saved = studio.feedback(current["id"], **feedback)
         except USER_ERRORS as exc:
@@ -231,9 +243,9 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
     def save_caption(current, caption, history):
         if current and current.get("caption") is None:
-            raise gr.Error("There is no caption to correct: tick Caption and recognize the photo again.")
+            raise user_error("There is no caption to correct: tick Caption and recognize the photo again.")
         if not (caption or "").strip():
-            raise gr.Error("The caption is empty; write something before saving it.")
+            raise user_error("The caption is empty; write something before saving it.")
         return record(current, history, "caption edited", edited_caption=caption.strip())
 
     def thumbs_up(current, history):
@@ -244,7 +256,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
     def save_correction(current, label, history):
         if not label:
-            raise gr.Error("Pick the right label from the list first.")
+            raise user_error("Pick the right label from the list first.")
         return record(current, history, f"👎 should be “{label}”", verdict="down", corrected_label=label)
 
     def issue_key(issued: str | None):
@@ -261,13 +273,13 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             raise user_error(exc) from None
         return (None, [], [], None, None, "", gr.Row(visible=False), gr.Group(visible=False), deleted.sentence(),
                 gr.Image(value=None, visible=False), gr.AnnotatedImage(value=None, visible=False),
-                gr.Label(value=None, visible=False))
+                gr.Label(value=None, visible=False), gr.Row(visible=False))
 
     # -- endpoints for programs (gradio_client) ------------------------------------------------------------------
     def api_predict(image: str | None, prompt: str | None = None, asked: list[str] | None = None,
                     options: dict | None = None, request: gr.Request = None) -> dict:
         if not image:
-            raise gr.Error("Send an image file.")
+            raise user_error("Send an image file.")
         try:
             result = studio.predict(image, prompt=prompt, tasks=asked or None, origin="api", caller=caller(request),
                                     disposable=disposable(image), options=options)
@@ -341,13 +353,13 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                     threshold = gr.Slider(0.05, 0.95, value=config.detect_threshold, step=0.05,
                                           label="Objects: lowest score shown", elem_id="threshold")
                 run = gr.Button("Recognize", variant="primary", elem_id="recognize")
-                gr.Examples(EXAMPLES, inputs=photo, label="Try an example")
+                examples = gr.Examples(EXAMPLES, inputs=photo, label="Try an example", elem_id="examples")
             with gr.Column(scale=1):
                 labels = gr.Label(num_top_classes=config.top_k, label="What is in it", elem_id="labels")
                 custom_scores = gr.Label(label="Your own labels", visible=False, elem_id="custom-scores")
                 boxes = gr.AnnotatedImage(label="Objects", visible=False, elem_id="objects", height=360)
                 caption = gr.Textbox(label="Caption (edit it if it is wrong)", interactive=True, lines=2,
-                                     elem_id="caption")
+                                     elem_id="caption", buttons=["copy"])
                 save = gr.Button("Save caption", elem_id="save-caption")
                 with gr.Row(visible=False, elem_id="verdict-row") as verdict_row:
                     up = gr.Button("👍 Right", elem_id="thumbs-up")
@@ -363,6 +375,10 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                              elem_id="history", wrap=True)
         with gr.Row():
             forget = gr.Button("Delete my data", variant="stop", size="sm", elem_id="delete-my-data", scale=0)
+            with gr.Row(visible=False, elem_id="confirm-delete-row") as confirm_row:
+                gr.Markdown("Delete this session's predictions, feedback and uploaded copies? This cannot be undone.")
+                confirm = gr.Button("Yes, delete", variant="stop", size="sm", elem_id="confirm-delete", scale=0)
+                cancel = gr.Button("Cancel", size="sm", elem_id="cancel-delete", scale=0)
             gr.Markdown("Photos are not kept: the log holds a fingerprint (sha256) of each photo and the "
                         "answers. *Delete my data* removes this session's predictions, feedback and copies.")
         api_photo = PhotoInput(type="filepath", image_mode=None, visible=False)
@@ -382,15 +398,19 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                                  message, heatmap, boxes, custom_scores, model_status], api_visibility="private")
         run.click(**analysis)
         photo.upload(**analysis)
+        examples.load_input_event.then(**analysis)  # an example runs at once, as an upload does
         feedback = dict(api_visibility="private", concurrency_limit=None)
         save.click(save_caption, [current, caption, history_state], [history_state, table, message], **feedback)
         up.click(thumbs_up, [current, history_state], [history_state, table, message, correction], **feedback)
         down.click(thumbs_down, [current, history_state], [history_state, table, message, correction], **feedback)
         correct.click(save_correction, [current, right_label, history_state], [history_state, table, message],
                       **feedback)
-        forget.click(forget_session, [page_key, issued_key], [photo, history_state, table, labels, current, caption,
-                                                              verdict_row, correction, message, heatmap, boxes,
-                                                              custom_scores], **feedback)
+        # "Delete my data" asks first; only "Yes, delete" deletes
+        forget.click(lambda: gr.Row(visible=True), None, confirm_row, **feedback)
+        cancel.click(lambda: gr.Row(visible=False), None, confirm_row, **feedback)
+        confirm.click(forget_session, [page_key, issued_key], [photo, history_state, table, labels, current, caption,
+                                                               verdict_row, correction, message, heatmap, boxes,
+                                                               custom_scores, confirm_row], **feedback)
         gr.Button(visible=False).click(api_predict, [api_photo, api_prompt, api_tasks, api_options], api_out,
                                        api_name="predict")
         gr.api(api_feedback, api_name="feedback", concurrency_limit=None)
