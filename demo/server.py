@@ -54,6 +54,7 @@ def build(demo: gr.Blocks, config: settings.Settings, warm: list[str], **page: A
     studio = demo.studio
     metrics = Metrics(studio)
     capacity = rest.Capacity(config.concurrency, config.queue_size)
+    metrics.queue_depth.set_function(lambda: capacity.in_flight)
     gate = Middleware(Gate, max_body=int(config.max_body_kb * 1000),
                       budget=UploadBudget(int(config.upload_budget_mb * 1_000_000)),
                       identify=lambda headers, peer: access.client_identity(headers, peer, config),

@@ -205,7 +205,15 @@ def test_metrics_count_the_requests_sent(server):
     assert delta("imagerec_stage_seconds_count", task="all", stage="total") == 4
     assert delta("imagerec_request_seconds_count", endpoint="/v1/predict") == 5
     assert _count(after, "imagerec_model_loaded", role="classifier") == 1
-    assert ("imagerec_log_backlog", ()) in after
+    assert ("imagerec_log_backlog", ()) in after and ("imagerec_queue_depth", ()) in after
+    # every series the shipped Grafana dashboard plots is one this service exports
+    import re
+    from pathlib import Path
+
+    plotted = set(re.findall(r"imagerec_[a-z_]+", (Path(__file__).parent.parent / "deploy" /
+                                                     "grafana-dashboard.json").read_text()))
+    exported = {name for name, _ in after}
+    assert plotted and plotted <= exported, plotted - exported
 
 
 def test_the_page_and_gradio_client_still_answer_on_the_same_port(server):
