@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as `python demo/app.py`, as a Hugging Face 
 
 from pipelines import space  # noqa: E402
 
-space.use_persistent_cache()  # before anything imports huggingface_hub, which reads HF_HOME once
+space.use_persistent_cache(os.environ)  # before anything imports huggingface_hub, which reads HF_HOME once
 
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
@@ -64,7 +64,7 @@ def status_markdown(studio: Studio) -> str:
     """The log's problems and each model's state, one line each."""
     lines = [f"⚠️ {problem}" for problem in (studio.log.set_aside, studio.log.append_error, studio.log.taken_over)
              if problem]
-    if space.log_is_ephemeral(str(studio.log.path)):
+    if space.log_is_ephemeral(str(studio.log.path), os.environ):
         lines.append(EPHEMERAL)
     for role, state in studio.model_status().items():
         if state["error"]:

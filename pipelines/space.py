@@ -6,26 +6,27 @@ import os
 from pathlib import Path
 from typing import Mapping, MutableMapping
 
+# The environment is passed in by the entry points (demo/app.py, settings.from_env): the core reads none itself.
+
 PERSISTENT = Path("/data")  # where a Space mounts persistent storage once it is turned on in its settings
 
 
-def on_space(environ: Mapping[str, str] | None = None) -> bool:
-    return "SPACE_ID" in (os.environ if environ is None else environ)
+def on_space(environ: Mapping[str, str]) -> bool:
+    return "SPACE_ID" in environ
 
 
-def persistent_dir(environ: Mapping[str, str] | None = None, root: Path = PERSISTENT) -> Path | None:
+def persistent_dir(environ: Mapping[str, str], root: Path = PERSISTENT) -> Path | None:
     """/data on a Space that has persistent storage (a writable folder), else None."""
     if not on_space(environ):
         return None
     return root if root.is_dir() and os.access(root, os.W_OK) else None
 
 
-def use_persistent_cache(environ: MutableMapping[str, str] | None = None, root: Path = PERSISTENT) -> str | None:
+def use_persistent_cache(environ: MutableMapping[str, str], root: Path = PERSISTENT) -> str | None:
     """Point HF_HOME at persistent storage (unless set), so models are not downloaded again after a restart.
 
     Must run before huggingface_hub is imported: it reads HF_HOME once.
     """
-    environ = os.environ if environ is None else environ
     folder = persistent_dir(environ, root)
     if folder is None or "HF_HOME" in environ:
         return None
@@ -33,7 +34,7 @@ def use_persistent_cache(environ: MutableMapping[str, str] | None = None, root: 
     return environ["HF_HOME"]
 
 
-def log_is_ephemeral(db: str, environ: Mapping[str, str] | None = None, root: Path = PERSISTENT) -> bool:
+def log_is_ephemeral(db: str, environ: Mapping[str, str], root: Path = PERSISTENT) -> bool:
     """On a Space, whether the log lives outside persistent storage (lost at every restart)."""
     if not on_space(environ):
         return False
