@@ -9,6 +9,7 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 from starlette.middleware import Middleware
+from starlette.routing import Mount
 
 from demo import rest
 from demo.gate import Gate
@@ -17,6 +18,7 @@ from pipelines import access, settings
 from pipelines.uploads import UploadBudget
 
 REST_UPLOADS = ("/v1/predict",)
+GRACE_S = 5
 
 
 class CountRequests:
@@ -74,13 +76,32 @@ def build(demo: gr.Blocks, config: settings.Settings, warm: list[str], **page: A
     return app
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server that first ends the page's heartbeat streams, as Gradio's own launch does: open streams
+    would otherwise hold a SIGTERM until the grace period ends."""
+
+    def __init__(self, config: uvicorn.Config, mounted: list[Any]):
+        super().__init__(config)
+        self.mounted = mounted
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        for page in self.mounted:
+            stop = getattr(page, "stop_event", None)
+            if stop is not None:
+                stop.set()
+        await super().shutdown(sockets=sockets)
+
+
 class Service:
     """A running uvicorn server over the app: in this thread (blocking) or in a background one."""
 
     def __init__(self, app: FastAPI, host: str, port: int, quiet: bool = False):
         self.config = uvicorn.Config(app, host=host, port=port, log_level="warning" if quiet else "info",
-                                     lifespan="on", forwarded_allow_ips="")
-        self.server = uvicorn.Server(self.config)
+                                     lifespan="on", forwarded_allow_ips="",
+                                     # a page's event stream stays open: on SIGTERM wait this long, not for ever
+                                     timeout_graceful_shutdown=GRACE_S)
+        mounted = [route.app for route in app.routes if isinstance(route, Mount)]
+        self.server = _Server(self.config, mounted)
         self.thread = None
         self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
 
