@@ -67,6 +67,11 @@ class Task:
         """The payload for an upright RGB-or-other image; done holds the payloads of the tasks it needs."""
         raise NotImplementedError
 
+    def batch(self, images: list[Image.Image], request: Request, done: list[Mapping[str, dict]]) -> list[dict[str, Any]]:
+        """The payloads of many photos under one request (done: each photo's payloads so far); a task whose model
+        takes true batches overrides it, the rest run one photo at a time."""
+        return [self(image, request, seen) for image, seen in zip(images, done)]
+
     @property
     def precision(self) -> str | None:
         """The precision it computes in (the model's, unless the task says otherwise)."""
