@@ -11,6 +11,8 @@ The tables (schema version 3):
                     made the dashboard three to five times slower
     model_versions  each model version once: version ("id@revision", or the id alone), model, revision, first_seen
     feedback        as before: verdicts, corrected labels and edited captions, many per prediction
+    batch_runs      one row per batch job (python -m pipelines.batch): when, input, output, tasks, model versions,
+                    counts and images per second (schema 4)
 
 A new task adds rows to `outputs`, never a column.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _version_sql(model: str, revision: str) -> str:
@@ -123,6 +125,26 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             FROM predictions WHERE caption IS NOT NULL""",
         *(f"ALTER TABLE predictions DROP COLUMN {column}" for column in V2_TASK_COLUMNS),
     )),
+    (4, "batch runs", (
+        """CREATE TABLE batch_runs (
+            id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL,          -- UTC, when the job started
+            finished_at TIMESTAMP,                  -- UTC
+            input VARCHAR,                          -- the INPUT as given: folder, glob, list file or URI
+            output VARCHAR,                         -- the Parquet dataset the results went to
+            tasks VARCHAR[],
+            models JSON,                            -- task -> model version
+            images INTEGER,                         -- files found in the input
+            done INTEGER,                           -- recognised in this run
+            refused INTEGER,                        -- refused by intake in this run (one row each in the output)
+            skipped INTEGER,                        -- already in the output for the same model versions
+            errors INTEGER,                         -- a task failed on them
+            seconds DOUBLE,
+            images_per_s DOUBLE,
+            batch_size INTEGER,
+            ray_address VARCHAR                     -- the cluster it joined; NULL for a local Ray
+        )""",
+    )),
 )
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
@@ -135,11 +157,16 @@ VERSION_COLUMNS: tuple[str, ...] = ("version", "model", "revision", "first_seen"
 FEEDBACK_COLUMNS: tuple[str, ...] = (
     "id", "prediction_id", "created_at", "verdict", "corrected_label", "edited_caption",
 )
+BATCH_RUN_COLUMNS: tuple[str, ...] = (
+    "id", "created_at", "finished_at", "input", "output", "tasks", "models", "images", "done", "refused", "skipped",
+    "errors", "seconds", "images_per_s", "batch_size", "ray_address",
+)
 COLUMNS: dict[str, tuple[str, ...]] = {"predictions": PREDICTION_COLUMNS, "outputs": OUTPUT_COLUMNS,
-                                       "model_versions": VERSION_COLUMNS, "feedback": FEEDBACK_COLUMNS}
+                                       "model_versions": VERSION_COLUMNS, "feedback": FEEDBACK_COLUMNS,
+                                       "batch_runs": BATCH_RUN_COLUMNS}
 # What makes a row the same row again (a replay inserts nothing twice).
 KEYS: dict[str, tuple[str, ...]] = {"predictions": ("id",), "outputs": ("prediction_id", "task"),
-                                    "model_versions": ("version",), "feedback": ("id",)}
+                                    "model_versions": ("version",), "feedback": ("id",), "batch_runs": ("id",)}
 
 
 # -- latest feedback ---------------------------------------------------------------------------------
