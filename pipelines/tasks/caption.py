@@ -125,9 +125,9 @@ class Caption(Task):
     def __call__(self, image: Image.Image, request: Request, done: Mapping[str, dict]) -> dict:
         return {"caption": self.model(image, prompt=request.prompt), "prompt": request.prompt}
 
-    def batch(self, images: list[Image.Image], request: Request, done: list[Mapping[str, dict]]) -> list[dict]:
-        return [{"caption": caption, "prompt": request.prompt}
-                for caption in self.model.batch(images, prompt=request.prompt)]
+    def batch(self, images: list[Image.Image], requests: list[Request], done: list[Mapping[str, dict]]) -> list[dict]:
+        prompt = requests[0].prompt  # one job, one set of options: only the sizes differ
+        return [{"caption": caption, "prompt": prompt} for caption in self.model.batch(images, prompt=prompt)]
 
 
 # --- fused attention --------------------------------------------------------------------------------------------------

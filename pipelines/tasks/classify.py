@@ -128,5 +128,6 @@ class Classify(Task):
     def __call__(self, image: Image.Image, request: Request, done: Mapping[str, dict]) -> dict:
         return {"labels": self.model(image, top_k=request.top_k or self.model.top_k)}
 
-    def batch(self, images: list[Image.Image], request: Request, done: list[Mapping[str, dict]]) -> list[dict]:
-        return [{"labels": labels} for labels in self.model.batch(images, top_k=request.top_k or self.model.top_k)]
+    def batch(self, images: list[Image.Image], requests: list[Request], done: list[Mapping[str, dict]]) -> list[dict]:
+        top_k = requests[0].top_k or self.model.top_k  # one job, one set of options: only the sizes differ
+        return [{"labels": labels} for labels in self.model.batch(images, top_k=top_k)]
