@@ -110,16 +110,21 @@ def _ray_init(address: str | None) -> None:
 
 
 def _pool(job: Job, files: int) -> dict:
-    """map_batches' resources: an actor per GPU when the cluster has GPUs, else an actor per CPU."""
+    """map_batches' actor pool and resources: an actor per GPU when the cluster has GPUs, else an actor per CPU.
+
+    Ray Data restarts an actor that dies and retries its batches (max_restarts and max_task_retries default to
+    unlimited for actor pools), so a lost worker costs time, not rows.
+    """
     import ray
 
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     size = job.workers or gpus or max(1, int(resources.get("CPU", 1)))
     size = max(1, min(size, -(-files // job.batch_size)))  # no more actors than batches
+    pool = ray.data.ActorPoolStrategy(size=size)
     if gpus:
-        return {"concurrency": size, "num_gpus": 1, "num_cpus": READ_CPUS}
-    return {"concurrency": size, "num_cpus": ACTOR_CPUS}
+        return {"compute": pool, "num_gpus": 1, "num_cpus": READ_CPUS}
+    return {"compute": pool, "num_cpus": ACTOR_CPUS}
 
 
 def run(job: Job, progress: bool = True) -> Summary:
@@ -165,7 +170,7 @@ def run(job: Job, progress: bool = True) -> Summary:
                 fn_constructor_kwargs={"config": job.config, "task_names": names, "limits": limits,
                                        "models": models, "run_id": summary.run_id, "prefix": prefix,
                                        "threads": job.config.threads or 1},
-                **_pool(job, len(todo)), max_restarts=3, max_task_retries=3))  # a dead actor is restarted
+                **_pool(job, len(todo))))
         if refused_now:
             parts.append(ray.data.from_arrow(worker.table(refused_now, names)))
         dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
