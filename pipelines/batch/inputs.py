@@ -40,8 +40,12 @@ def _split(uri: str) -> tuple[pafs.FileSystem, str, str]:
     """A filesystem, the path on it, and the prefix that turns such a path back into what the user wrote."""
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
+        # a URI parser refuses glob characters ("[" at least): parse the part before the first wildcard's folder
+        wild = min((uri.index(c) for c in _GLOB if c in uri), default=len(uri))
+        cut = uri.rindex("/", 0, wild) if wild < len(uri) else len(uri)
         try:
-            filesystem, path = pafs.FileSystem.from_uri(uri)
+            filesystem, path = pafs.FileSystem.from_uri(uri[:cut])
+            path += uri[cut:]
         except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise InputError(f"{uri} cannot be read: {str(exc).splitlines()[0]}") from None
         prefix = "" if isinstance(filesystem, pafs.LocalFileSystem) else f"{scheme}://"

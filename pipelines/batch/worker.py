@@ -16,10 +16,12 @@ DONE, REFUSED, ERROR = "done", "refused", "error"
 
 # OUT's columns besides one per task (the task's payload as JSON text, as the API returns it; null when it did
 # not run on that file). models: task -> model version; timings_ms: intake and each task's share of its batch.
+# A new column goes at the end: OUT's older files are read with the newest schema, a missing column as null.
 BASE_SCHEMA = (
     ("path", pa.string()), ("sha256", pa.string()), ("error", pa.string()), ("status", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()), ("ms", pa.float64()), ("models", pa.string()),
     ("precisions", pa.string()), ("timings_ms", pa.string()), ("created_at", pa.string()), ("run_id", pa.string()),
+    ("node", pa.string()),  # the Ray node that read it (null for a file refused from the listing)
 )
 
 
@@ -68,6 +70,9 @@ class Recognize:
         self.names = list(task_names)
         self.limits, self.models, self.run_id, self.prefix = limits, models, run_id, prefix
         self._request = Request
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
         rows, good, images = [], [], []
@@ -88,6 +93,7 @@ class Recognize:
         if good:
             self._run_tasks(good, images)
         for row in rows:
+            row["node"] = self.node
             timings = row.get("timings_ms") or {}
             row["ms"] = round(sum(timings.values()), 3) if timings else None
         return table(rows, self.names)
