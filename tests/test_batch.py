@@ -173,3 +173,14 @@ def test_batches_give_the_single_image_answers(tiny_classifier_dir, tiny_caption
                        for a, t in zip(alone, together) for x, y in zip(a["labels"], t["labels"]))
         else:
             assert together == alone
+
+
+def test_the_dashboard_lists_the_runs(first_run, collection):
+    from dashboard import queries
+
+    _, broken = collection
+    with eventlog.reader(first_run["db"]) as con:
+        runs = queries.batch_runs(con)
+    first = runs.iloc[-1]  # newest first: the first run is the oldest
+    assert (first["images"], first["done"], first["refused"]) == (len(JPEGS) + len(broken), len(JPEGS), len(broken))
+    assert first["tasks"] == "classify, caption" and first["input"].endswith("inputs.txt")
