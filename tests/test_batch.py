@@ -184,3 +184,10 @@ def test_the_dashboard_lists_the_runs(first_run, collection):
     first = runs.iloc[-1]  # newest first: the first run is the oldest
     assert (first["images"], first["done"], first["refused"]) == (len(JPEGS) + len(broken), len(JPEGS), len(broken))
     assert first["tasks"] == "classify, caption" and first["input"].endswith("inputs.txt")
+
+
+def test_a_model_folder_that_is_not_there_is_one_sentence(tmp_path, tiny_captioner_dir):
+    argv = _argv(PHOTOS, tmp_path / "out", tmp_path / "log.duckdb", tmp_path / "no-such-model", tiny_captioner_dir)
+    with pytest.raises(SystemExit, match="no-such-model"):
+        cli.main(argv)
+    assert not os.path.exists(tmp_path / "out")

@@ -10,6 +10,7 @@ from pipelines import settings
 from pipelines import tasks as registry
 from pipelines.batch import inputs, job as jobs, record
 from pipelines.log.eventlog import EventLog, LogError
+from pipelines.models import ModelLoadError
 
 # The demo's flags that choose and place models and the log; the server's own (host, port) mean nothing here.
 NOT_HERE = ("host", "port")

@@ -67,10 +67,9 @@ def limits_of(config: Settings) -> Limits:
                   min_side=config.min_side, max_decoded_bytes=int(config.max_decoded_mb * 1_000_000))
 
 
-def planned_versions(config: Settings, names: tuple[str, ...]) -> dict[str, str]:
+def planned_versions(tasks: dict, names: tuple[str, ...]) -> dict[str, str]:
     """Task -> the model version it will run, found without loading any weights."""
-    built = registry.build(config)
-    return {name: built[name].model.planned_version() for name in names}
+    return {name: tasks[name].model.planned_version() for name in names}
 
 
 def _out(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -134,13 +133,13 @@ def run(job: Job, progress: bool = True) -> Summary:
     names = registry.resolve(job.tasks)
     request = registry.Request()
     built = registry.build(job.config)
-    for name in names:
+    for name in names:  # the job's options, checked before any work (a ValueError is the sentence to show)
         built[name].check(request)
     summary = Summary(run_id=new_id(), started=utcnow())
     started = time.perf_counter()
     listing = inputs.list_input(job.input)
     summary.images = len(listing.files)
-    summary.models = planned_versions(job.config, names)
+    summary.models = planned_versions(built, names)
     models = worker.models_key(summary.models)
     out_fs, out_path = _out(job.out)
     skip = already_done(out_fs, out_path, names, models)
@@ -164,7 +163,8 @@ def run(job: Job, progress: bool = True) -> Summary:
         if todo:
             prefix = todo[0].path[: len(todo[0].path) - len(todo[0].location)]
             read = ray.data.read_binary_files([f.location for f in todo], filesystem=listing.filesystem,
-                                              include_paths=True, num_cpus=READ_CPUS)
+                                              include_paths=True, num_cpus=READ_CPUS,
+                                              ignore_missing_paths=True)  # gone since listed: the next run says so
             parts.append(read.map_batches(
                 worker.Recognize, batch_size=job.batch_size,
                 fn_constructor_kwargs={"config": job.config, "task_names": names, "limits": limits,
