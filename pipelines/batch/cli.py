@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             summary = jobs.run(job, progress=not args.no_progress)
-        except inputs.InputError as exc:
+        except (inputs.InputError, ModelLoadError) as exc:  # a sentence for the operator, not a traceback
             raise SystemExit(str(exc)) from None
         if log is not None:
             if args.log == "rows":
