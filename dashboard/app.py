@@ -359,6 +359,18 @@ def show_recent(data: dict, filters: queries.Filters) -> None:
         st.caption(f"Downloads hold all {exported:,} matching rows with every column.")
 
 
+def show_batch_runs(runs) -> None:
+    """The newest batch jobs, when there are any."""
+    if runs.empty:
+        return
+    st.subheader("Batch runs", divider="orange")
+    st.dataframe(runs, hide_index=True, column_config={
+        "created_at": st.column_config.DatetimeColumn("Started (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        "input": "Input", "tasks": "Tasks", "images": "Images", "done": "Done", "refused": "Refused",
+        "skipped": "Skipped", "errors": "Errors",
+        "images_per_s": st.column_config.NumberColumn("Images/s", format="%.2f")})
+
+
 # -- layout --------------------------------------------------------------------------------------------
 
 @st.fragment(run_every=REFRESH)
@@ -408,6 +420,7 @@ def live() -> None:
             show_task_feedback(data)
         else:
             show_recent(data, filters)
+            show_batch_runs(data["batch_runs"])
 
 
 def main() -> None:

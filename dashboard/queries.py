@@ -398,9 +398,23 @@ def count(con: duckdb.DuckDBPyConnection, f: Filters) -> int:
 
 
 def recent(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
-    """The newest filtered predictions for the table, and how many match in all."""
+    """The newest filtered predictions for the table, how many match in all, and the newest batch runs."""
     table = stats.add_version(rows(con, f, RECENT_LIMIT))[TABLE_ORDER]
-    return {"rows": table, "count": pd.DataFrame({"n": [count(con, f)]})}
+    return {"rows": table, "count": pd.DataFrame({"n": [count(con, f)]}), "batch_runs": batch_runs(con)}
+
+
+BATCH_RUN_LIMIT = 20
+
+
+def batch_runs(con: duckdb.DuckDBPyConnection, limit: int = BATCH_RUN_LIMIT) -> pd.DataFrame:
+    """The newest batch jobs (python -m pipelines.batch), not filtered: a run is no prediction; empty in a log
+    from before they were recorded."""
+    known = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'batch_runs'").fetchone()[0]
+    if not known:
+        return pd.DataFrame(columns=["created_at", "input", "tasks", "images", "done", "refused", "skipped",
+                                     "errors", "images_per_s"])
+    return _df(con, "SELECT created_at, input, array_to_string(tasks, ', ') AS tasks, images, done, refused, "
+                    "skipped, errors, images_per_s FROM batch_runs ORDER BY created_at DESC LIMIT ?", [limit])
 
 
 def export(con: duckdb.DuckDBPyConnection, f: Filters, fmt: str = "parquet", limit: int = EXPORT_LIMIT):

@@ -145,6 +145,11 @@ def _read_file(path: str | os.PathLike, limits: Limits) -> bytes:
     return data
 
 
+def check_size(size: int, limits: Limits = Limits()) -> None:
+    """Refuse, before reading it, a file of this many bytes that is empty or over the byte limit."""
+    _check_bytes(size, limits)
+
+
 def _check_bytes(size: int, limits: Limits) -> None:
     """Refuse empty files and files over the byte limit."""
     if size == 0:

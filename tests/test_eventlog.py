@@ -296,7 +296,7 @@ def test_a_version_1_log_is_migrated_in_place(tmp_path):
     with EventLog(db) as log:
         log.log_prediction(sample_row(1))
     with eventlog.reader(db) as con:
-        assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION
+        assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION  # the newest, whatever migrations follow
         rows = con.execute(f"SELECT id, top1_label, classifier_precision, caption FROM {sql.wide()} ORDER BY id").fetchall()
     # the schema-1 row had only a top-1 label: it becomes a classify output of that one label
     assert rows[-1] == ("old", "tabby", None, None) and rows[0][2] == "fp32"

@@ -320,6 +320,7 @@ class _Pending:
     generation: int = 0  # which journal file the offsets refer to
     outputs: list[dict] = field(default_factory=list)
     versions: list[dict] = field(default_factory=list)
+    batch_runs: list[dict] = field(default_factory=list)
 
 
 def _parse(lines: Sequence[bytes], end: int) -> _Pending:
@@ -338,6 +339,8 @@ def _parse(lines: Sequence[bytes], end: int) -> _Pending:
             pending.images.extend(event.get("images", []))
         elif "request" in event:  # a prediction: the request, its outputs and their model versions, in one line
             _add_request(pending, event["request"], event.get("outputs", []), event.get("versions", []))
+        elif "batch_run" in event:
+            pending.batch_runs.append(_from_journal(_from_journal(event["batch_run"]), "finished_at"))
         elif event["table"] == "predictions":  # a schema-2 line an older imagerec wrote: the same rows, converted
             rows = log_rows.from_v2_row(_from_journal(event["row"]))
             _add_request(pending, rows["prediction"], rows["outputs"], rows["versions"])
@@ -366,6 +369,7 @@ def _apply(con: duckdb.DuckDBPyConnection, pending: _Pending) -> int:
         insert_rows(con, "model_versions", pending.versions)
         insert_rows(con, "outputs", pending.outputs)
         insert_rows(con, "feedback", pending.feedback)
+        insert_rows(con, "batch_runs", [run | {"models": _payload(run.get("models"))} for run in pending.batch_runs])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -561,6 +565,13 @@ class EventLog:
                 return _feedback_view(json.loads(found[0])) if found[0] is not None else None
             self.flush()  # logged, but still in the journal
         return None
+
+    def log_batch_run(self, run: dict) -> Logged:
+        """Record one batch job (a `batch_runs` row: counts, models, timing), as one journal line."""
+        row = {c: run.get(c) for c in sql.BATCH_RUN_COLUMNS}
+        row["id"] = row["id"] or new_id()
+        row["created_at"] = row["created_at"] or utcnow()
+        return Logged(row["id"], self._append({"batch_run": row}))
 
     def log_feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
                      edited_caption: str | None = None, task: str | None = None,

@@ -1,7 +1,7 @@
 """Every piece of SQL that knows the log's tables: the schema and its migrations, "latest feedback", and the
 wide relation that puts a request back into one row for readers (the dashboard, the export).
 
-The tables (schema version 4):
+The tables (schema version 5):
 
     predictions     one row per request: id, created_at, image_sha256, width, height, intake_ms, total_ms,
                     cached, source, session_id, image_file
@@ -15,6 +15,8 @@ The tables (schema version 4):
                     task's output (task), and for a detected box on that box (target: the box as it was
                     answered, {"index", "label", "score", "box"}; a thumbs down on a box without a corrected
                     label says it is not an object)
+    batch_runs      one row per batch job (python -m pipelines.batch): when, input, output, tasks, model versions,
+                    counts and images per second (schema 5)
 
 A new task adds rows to `outputs`, never a column.
 """
@@ -23,8 +25,6 @@ from __future__ import annotations
 
 import re
 from typing import Iterable
-
-SCHEMA_VERSION = 4
 
 
 def _version_sql(model: str, revision: str) -> str:
@@ -131,7 +131,28 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "ALTER TABLE feedback ADD COLUMN task VARCHAR",   # NULL: the request's answer, as every row before it
         "ALTER TABLE feedback ADD COLUMN target JSON",    # the box a verdict is about, as it was answered
     )),
+    (5, "batch runs", (
+        """CREATE TABLE batch_runs (
+            id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL,          -- UTC, when the job started
+            finished_at TIMESTAMP,                  -- UTC
+            input VARCHAR,                          -- the INPUT as given: folder, glob, list file or URI
+            output VARCHAR,                         -- the Parquet dataset the results went to
+            tasks VARCHAR[],
+            models JSON,                            -- task -> model version
+            images INTEGER,                         -- files found in the input
+            done INTEGER,                           -- recognised in this run
+            refused INTEGER,                        -- refused by intake in this run (one row each in the output)
+            skipped INTEGER,                        -- already in the output for the same model versions
+            errors INTEGER,                         -- a task failed on them
+            seconds DOUBLE,
+            images_per_s DOUBLE,
+            batch_size INTEGER,
+            ray_address VARCHAR                     -- the cluster it joined; NULL for a local Ray
+        )""",
+    )),
 )
+SCHEMA_VERSION = MIGRATIONS[-1][0]  # the newest migration: a log at this version needs none
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
     "id", "created_at", "image_sha256", "width", "height", "intake_ms", "total_ms", "cached", "source",
@@ -143,11 +164,16 @@ VERSION_COLUMNS: tuple[str, ...] = ("version", "model", "revision", "first_seen"
 FEEDBACK_COLUMNS: tuple[str, ...] = (
     "id", "prediction_id", "created_at", "verdict", "corrected_label", "edited_caption", "task", "target",
 )
+BATCH_RUN_COLUMNS: tuple[str, ...] = (
+    "id", "created_at", "finished_at", "input", "output", "tasks", "models", "images", "done", "refused", "skipped",
+    "errors", "seconds", "images_per_s", "batch_size", "ray_address",
+)
 COLUMNS: dict[str, tuple[str, ...]] = {"predictions": PREDICTION_COLUMNS, "outputs": OUTPUT_COLUMNS,
-                                       "model_versions": VERSION_COLUMNS, "feedback": FEEDBACK_COLUMNS}
+                                       "model_versions": VERSION_COLUMNS, "feedback": FEEDBACK_COLUMNS,
+                                       "batch_runs": BATCH_RUN_COLUMNS}
 # What makes a row the same row again (a replay inserts nothing twice).
 KEYS: dict[str, tuple[str, ...]] = {"predictions": ("id",), "outputs": ("prediction_id", "task"),
-                                    "model_versions": ("version",), "feedback": ("id",)}
+                                    "model_versions": ("version",), "feedback": ("id",), "batch_runs": ("id",)}
 
 
 # -- latest feedback ---------------------------------------------------------------------------------

@@ -207,6 +207,12 @@ class LazyModel:
         """The loaded version (version_of its id and revision); None before loading."""
         return version_of(self._model_id, self._revision) if self._loaded else None
 
+    def planned_version(self) -> str:
+        """The version a load would record, found without loading the weights (a folder's hash, the hub's commit)."""
+        if self._loaded:
+            return self.version
+        return version_of(self._model_id, self._locate()[2])
+
     @property
     def device(self) -> torch.device | None:
         return self._device

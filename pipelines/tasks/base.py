@@ -67,6 +67,12 @@ class Task:
         """The payload for an upright RGB-or-other image; done holds the payloads of the tasks it needs."""
         raise NotImplementedError
 
+    def batch(self, images: list[Image.Image], requests: list[Request],
+              done: list[Mapping[str, dict]]) -> list[dict[str, Any]]:
+        """The payloads of many photos, each with its request (the same options, each photo's own size) and the
+        payloads it has so far; a task whose model takes true batches overrides it, the rest go one at a time."""
+        return [self(image, request, seen) for image, request, seen in zip(images, requests, done)]
+
     @property
     def precision(self) -> str | None:
         """The precision it computes in (the model's, unless the task says otherwise)."""

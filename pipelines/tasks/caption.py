@@ -59,12 +59,30 @@ class Captioner(LazyModel):
         return self.postprocess(self._forward(self.preprocess(image, prompt), max_new_tokens,
                                               min(self.min_new_tokens, max_new_tokens)))
 
-    def preprocess(self, image: Image.Image, prompt: str | None = None) -> dict[str, torch.Tensor]:
-        if image.mode != "RGB":
-            image = image.convert("RGB")  # RGBA, palette and greyscale images would break the channel count
+    def batch(self, images: list[Image.Image], prompt: str | None = None) -> list[str]:
+        """The captions of many images, generated together (one prompt for all, so no padding is needed)."""
+        self.load()
+        if len(images) == 1:  # the lean loop takes one image; a lone image gets exactly the single-image caption
+            return [self(images[0], prompt=prompt)]
+        inputs = self.preprocess(images, prompt)
+        if "input_ids" in inputs:  # the same prompt for every image: its token ids repeated, not re-tokenised
+            inputs["input_ids"] = inputs["input_ids"][:1].repeat(len(images), 1)
+            if "attention_mask" in inputs:
+                inputs["attention_mask"] = inputs["attention_mask"][:1].repeat(len(images), 1)
+        with torch.inference_mode():
+            at_least = {"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}
+            ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                                      **at_least)
+        with self._tokenizer_lock:
+            return [text.strip() for text in self.processor.batch_decode(ids.cpu(), skip_special_tokens=True)]
+
+    def preprocess(self, image: Image.Image | list[Image.Image], prompt: str | None = None) -> dict[str, torch.Tensor]:
+        # RGBA, palette and greyscale images would break the channel count
+        rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in (image if isinstance(image, list) else [image])]
         prompt = (prompt or "").strip() or None
         with self._tokenizer_lock:
-            inputs = self.processor(images=image, text=prompt, return_tensors="pt")
+            inputs = self.processor(images=rgb if isinstance(image, list) else rgb[0], text=prompt,
+                                    return_tensors="pt")
         return self._on_device(inputs)
 
     def _forward(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
@@ -106,6 +124,10 @@ class Caption(Task):
 
     def __call__(self, image: Image.Image, request: Request, done: Mapping[str, dict]) -> dict:
         return {"caption": self.model(image, prompt=request.prompt), "prompt": request.prompt}
+
+    def batch(self, images: list[Image.Image], requests: list[Request], done: list[Mapping[str, dict]]) -> list[dict]:
+        prompt = requests[0].prompt  # one job, one set of options: only the sizes differ
+        return [{"caption": caption, "prompt": prompt} for caption in self.model.batch(images, prompt=prompt)]
 
 
 # --- fused attention --------------------------------------------------------------------------------------------------

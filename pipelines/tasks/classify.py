@@ -87,16 +87,25 @@ class Classifier(LazyModel):
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         return self.postprocess(self._forward(self.preprocess(image)), top_k)
 
-    def preprocess(self, image: Image.Image) -> dict[str, torch.Tensor]:
-        if image.mode != "RGB":
-            image = image.convert("RGB")  # RGBA, palette and greyscale images would break the channel count
-        inputs = self.processor(images=image, return_tensors="pt")
+    def batch(self, images: list[Image.Image], top_k: int | None = None) -> list[list[dict]]:
+        """The top_k labels of each image, in one forward pass over them all."""
+        self.load()
+        top_k = self.top_k if top_k is None else top_k
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        logits = self._forward(self.preprocess(images), rows=slice(None))
+        return [self.postprocess(row, top_k) for row in logits]
+
+    def preprocess(self, image: Image.Image | list[Image.Image]) -> dict[str, torch.Tensor]:
+        # RGBA, palette and greyscale images would break the channel count
+        rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in (image if isinstance(image, list) else [image])]
+        inputs = self.processor(images=rgb if isinstance(image, list) else rgb[0], return_tensors="pt")
         return self._on_device(inputs)
 
-    def _forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _forward(self, inputs: dict[str, torch.Tensor], rows: int | slice = 0) -> torch.Tensor:
         # inference_mode is per thread and the model is only read, so concurrent calls are safe
         with torch.inference_mode():
-            return self.model(**inputs).logits[0].float().cpu()
+            return self.model(**inputs).logits[rows].float().cpu()
 
     def postprocess(self, logits: torch.Tensor, top_k: int) -> list[dict]:
         scores = torch.sigmoid(logits) if self._multi_label else torch.softmax(logits, dim=-1)
@@ -118,3 +127,7 @@ class Classify(Task):
 
     def __call__(self, image: Image.Image, request: Request, done: Mapping[str, dict]) -> dict:
         return {"labels": self.model(image, top_k=request.top_k or self.model.top_k)}
+
+    def batch(self, images: list[Image.Image], requests: list[Request], done: list[Mapping[str, dict]]) -> list[dict]:
+        top_k = requests[0].top_k or self.model.top_k  # one job, one set of options: only the sizes differ
+        return [{"labels": labels} for labels in self.model.batch(images, top_k=top_k)]
