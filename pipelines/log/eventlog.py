@@ -300,6 +300,7 @@ class _Pending:
     generation: int = 0  # which journal file the offsets refer to
     outputs: list[dict] = field(default_factory=list)
     versions: list[dict] = field(default_factory=list)
+    registered: list[dict] = field(default_factory=list)  # model versions registered with their training record
 
 
 def _parse(lines: Sequence[bytes], end: int) -> _Pending:
@@ -318,6 +319,8 @@ def _parse(lines: Sequence[bytes], end: int) -> _Pending:
             pending.images.extend(event.get("images", []))
         elif "request" in event:  # a prediction: the request, its outputs and their model versions, in one line
             _add_request(pending, event["request"], event.get("outputs", []), event.get("versions", []))
+        elif "register" in event:
+            pending.registered.append(_from_journal(event["register"], "first_seen"))
         elif event["table"] == "predictions":  # a schema-2 line an older imagerec wrote: the same rows, converted
             rows = log_rows.from_v2_row(_from_journal(event["row"]))
             _add_request(pending, rows["prediction"], rows["outputs"], rows["versions"])
@@ -346,6 +349,8 @@ def _apply(con: duckdb.DuckDBPyConnection, pending: _Pending) -> int:
         insert_rows(con, "model_versions", pending.versions)
         insert_rows(con, "outputs", pending.outputs)
         insert_rows(con, "feedback", pending.feedback)
+        for row in pending.registered:
+            con.execute(sql.REGISTER_VERSION, [row.get(c) for c in VERSION_COLUMNS])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -519,6 +524,16 @@ class EventLog:
         durable = self._append({"request": row, "outputs": outputs, "versions": versions})
         self._remember(row["id"])
         return Logged(row["id"], durable)
+
+    def register_version(self, version: str, model: str, revision: str | None, base: str | None = None,
+                         data_fingerprint: str | None = None, params: dict | None = None,
+                         evaluation: dict | None = None) -> bool:
+        """Record a model version with what it was trained from and its evaluation; True once in the journal."""
+        row = {"version": version, "model": model, "revision": revision, "first_seen": utcnow(), "base": base,
+               "data_fingerprint": data_fingerprint,
+               "params": None if params is None else json.dumps(params),
+               "evaluation": None if evaluation is None else json.dumps(evaluation)}
+        return self._append({"register": row})
 
     def log_feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
                      edited_caption: str | None = None) -> tuple[Logged, bool]:

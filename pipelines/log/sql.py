@@ -9,7 +9,8 @@ The tables (schema version 3):
                     payload (the task's output as the API returns it, JSON), ms, and the payload's headline
                     label and score (classify's top-1, explain's label), typed: parsing JSON for every row
                     made the dashboard three to five times slower
-    model_versions  each model version once: version ("id@revision", or the id alone), model, revision, first_seen
+    model_versions  each model version once: version ("id@revision", or the id alone), model, revision, first_seen;
+                    a registered (trained) version also has base, data_fingerprint, params and evaluation (JSON)
     feedback        as before: verdicts, corrected labels and edited captions, many per prediction
 
 A new task adds rows to `outputs`, never a column.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _version_sql(model: str, revision: str) -> str:
@@ -123,6 +124,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             FROM predictions WHERE caption IS NOT NULL""",
         *(f"ALTER TABLE predictions DROP COLUMN {column}" for column in V2_TASK_COLUMNS),
     )),
+    (4, "registered model versions: what a trained version came from and how well it did", (
+        "ALTER TABLE model_versions ADD COLUMN base VARCHAR",  # the model it was trained from
+        "ALTER TABLE model_versions ADD COLUMN data_fingerprint VARCHAR",  # pipelines.learn.data.fingerprint
+        "ALTER TABLE model_versions ADD COLUMN params JSON",  # the training parameters
+        "ALTER TABLE model_versions ADD COLUMN evaluation JSON",  # pipelines.evaluate's report
+    )),
 )
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
@@ -131,7 +138,12 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 )
 OUTPUT_COLUMNS: tuple[str, ...] = ("prediction_id", "task", "model_version", "precision", "payload", "ms", "label",
                                    "score")
-VERSION_COLUMNS: tuple[str, ...] = ("version", "model", "revision", "first_seen")
+VERSION_COLUMNS: tuple[str, ...] = ("version", "model", "revision", "first_seen", "base", "data_fingerprint",
+                                    "params", "evaluation")
+# A registration fills in what a version came from; the version's first_seen stays that of its first row.
+REGISTER_VERSION = f"""INSERT INTO model_versions ({', '.join(VERSION_COLUMNS)}) VALUES ({', '.join('?' * len(VERSION_COLUMNS))})
+    ON CONFLICT (version) DO UPDATE SET base = excluded.base, data_fingerprint = excluded.data_fingerprint,
+        params = excluded.params, evaluation = excluded.evaluation"""
 FEEDBACK_COLUMNS: tuple[str, ...] = (
     "id", "prediction_id", "created_at", "verdict", "corrected_label", "edited_caption",
 )
