@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -14,8 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="trained model folder (or hub id) to serve")
     p.add_argument("--rollback", action="store_true", help="serve the classifier that served before the last promotion")
     p.add_argument("--url", help="the running demo, e.g. http://127.0.0.1:7860/")
-    p.add_argument("--token", default=os.environ.get("IMAGEREC_ADMIN_TOKEN"),
-                   help="the admin password (default: $IMAGEREC_ADMIN_TOKEN)")
+    p.add_argument("--token", help="the admin password, when the demo has one")
     p.add_argument("--log", help="register --model in this log file instead (no server running)")
     args = p.parse_args(argv)
     if bool(args.model) == args.rollback:

@@ -296,7 +296,7 @@ def test_a_version_1_log_is_migrated_in_place(tmp_path):
     with EventLog(db) as log:
         log.log_prediction(sample_row(1))
     with eventlog.reader(db) as con:
-        assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION == 3
+        assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION
         rows = con.execute(f"SELECT id, top1_label, classifier_precision, caption FROM {sql.wide()} ORDER BY id").fetchall()
     # the schema-1 row had only a top-1 label: it becomes a classify output of that one label
     assert rows[-1] == ("old", "tabby", None, None) and rows[0][2] == "fp32"
@@ -336,7 +336,7 @@ def test_a_version_2_log_written_by_the_old_code_is_migrated_without_losing_a_ro
     with EventLog(db, flush_interval=60):  # migrates, then replays the old journal line
         pass
     with eventlog.reader(db) as con:
-        assert eventlog.schema_version(con) == 3
+        assert eventlog.schema_version(con) == eventlog.SCHEMA_VERSION
         assert {r[0] for r in con.execute("DESCRIBE predictions").fetchall()} == set(sql.PREDICTION_COLUMNS)
         cursor = con.execute(f"SELECT * FROM {sql.wide()}")
         names = [d[0] for d in cursor.description]

@@ -235,6 +235,9 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict]
         _ARROW_SCHEMAS[table] = con.sql(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0").to_arrow_table().schema
     schema = _ARROW_SCHEMAS[table]
     if isinstance(rows, pa.Table):
+        for name in columns:  # columns a later migration added are empty in a table made without them
+            if name not in rows.column_names:
+                rows = rows.append_column(name, pa.nulls(len(rows), schema.field(name).type))
         incoming = rows.select(list(columns)).cast(schema)
     else:
         if table == "outputs":  # a payload is the task's output dict; the column holds its JSON text
