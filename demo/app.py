@@ -33,6 +33,7 @@ from pipelines import access, settings, tasks  # noqa: E402
 from pipelines.intake import ImageRejected  # noqa: E402
 from pipelines.log.eventlog import FeedbackRejected, LogError  # noqa: E402
 from pipelines.models import ModelLoadError  # noqa: E402
+from pipelines.promotion import PromotionError  # noqa: E402
 from pipelines.studio import Caller, RequestRejected, Studio, public  # noqa: E402
 from pipelines.tasks.explain import overlay  # noqa: E402
 
@@ -44,7 +45,8 @@ THEME = gr.themes.Default(primary_hue="orange")
 CSS = """
 #verdict-row button { font-size: 1.4rem; }
 """
-USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError, FeedbackRejected, LogError, access.AccessDenied)
+USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError, FeedbackRejected, LogError, access.AccessDenied,
+               PromotionError)
 NOT_LOGGED = ("⚠️ This was not saved to disk yet: the log's disk cannot be written, so it is held in memory "
               "and would be lost if the server stopped now.")
 ADD_A_PHOTO = "Add a photo first: upload one, drop it here, paste it or take one with the webcam."
@@ -358,6 +360,20 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             raise user_error(exc) from None
         return {"deleted": deleted.__dict__, "message": deleted.sentence()}
 
+    def admin_promote(model: str, token: str | None = None, request: gr.Request = None) -> dict:
+        """Serve another classifier (a trained model folder or hub id) from the next request on."""
+        try:
+            return studio.admin_promote(caller(request), token, model)
+        except USER_ERRORS as exc:
+            raise user_error(exc) from None
+
+    def admin_rollback(token: str | None = None, request: gr.Request = None) -> dict:
+        """Serve the classifier that served before the last promotion."""
+        try:
+            return studio.admin_rollback(caller(request), token)
+        except USER_ERRORS as exc:
+            raise user_error(exc) from None
+
     def admin_export(token: str | None = None, request: gr.Request = None) -> str:
         """The whole log as a Parquet file (predictions with their latest feedback)."""
         try:
@@ -483,6 +499,8 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
         gr.api(api_delete, api_name="delete_my_data", concurrency_limit=None)
         gr.api(admin_reload, api_name="admin_reload")
         gr.api(admin_purge, api_name="admin_purge", concurrency_limit=None)
+        gr.api(admin_promote, api_name="admin_promote")
+        gr.api(admin_rollback, api_name="admin_rollback")
         gr.Button(visible=False).click(admin_export, gr.Textbox(visible=False), gr.File(visible=False),
                                        api_name="admin_export", concurrency_limit=None)
 

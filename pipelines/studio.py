@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -19,6 +20,7 @@ from pipelines.log.export import ExportShelf
 from pipelines.log.privacy import Deleted, ImageStore
 from pipelines.log.rows import prediction_rows
 from pipelines.models import ModelLoadError
+from pipelines.promotion import Promoter
 from pipelines.recognizer import Recognizer
 from pipelines.tasks import BadRequest
 from pipelines.settings import Settings
@@ -297,6 +299,20 @@ class Studio:
             except ModelLoadError:
                 pass  # reported in the status returned
         return self.model_status()
+
+    @functools.cached_property
+    def promoter(self) -> Promoter:
+        return Promoter(self.recognizer, self.log)
+
+    def admin_promote(self, caller: Caller | None, token: str | None, model: str) -> dict:
+        """Serve another classifier (a trained folder or hub id) from the next request on, registered in the log."""
+        self.check_admin(caller, token)
+        return self.promoter.promote(model)
+
+    def admin_rollback(self, caller: Caller | None, token: str | None) -> dict:
+        """Serve the classifier that served before the last promotion."""
+        self.check_admin(caller, token)
+        return self.promoter.rollback()
 
     def admin_purge(self, caller: Caller | None, token: str | None, older_than_days: float) -> Deleted:
         """Delete predictions, feedback and kept images older than a number of days."""

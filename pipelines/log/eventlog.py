@@ -236,6 +236,9 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict]
         _ARROW_SCHEMAS[table] = con.sql(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0").to_arrow_table().schema
     schema = _ARROW_SCHEMAS[table]
     if isinstance(rows, pa.Table):
+        for name in columns:  # columns a later migration added are empty in a table made without them
+            if name not in rows.column_names:
+                rows = rows.append_column(name, pa.nulls(len(rows), schema.field(name).type))
         incoming = rows.select(list(columns)).cast(schema)
     else:
         if table == "outputs":  # a payload is the task's output dict; the column holds its JSON text
@@ -321,6 +324,7 @@ class _Pending:
     outputs: list[dict] = field(default_factory=list)
     versions: list[dict] = field(default_factory=list)
     batch_runs: list[dict] = field(default_factory=list)
+    registered: list[dict] = field(default_factory=list)  # model versions registered with their training record
 
 
 def _parse(lines: Sequence[bytes], end: int) -> _Pending:
@@ -341,6 +345,8 @@ def _parse(lines: Sequence[bytes], end: int) -> _Pending:
             _add_request(pending, event["request"], event.get("outputs", []), event.get("versions", []))
         elif "batch_run" in event:
             pending.batch_runs.append(_from_journal(_from_journal(event["batch_run"]), "finished_at"))
+        elif "register" in event:
+            pending.registered.append(_from_journal(event["register"], "first_seen"))
         elif event["table"] == "predictions":  # a schema-2 line an older imagerec wrote: the same rows, converted
             rows = log_rows.from_v2_row(_from_journal(event["row"]))
             _add_request(pending, rows["prediction"], rows["outputs"], rows["versions"])
@@ -370,6 +376,8 @@ def _apply(con: duckdb.DuckDBPyConnection, pending: _Pending) -> int:
         insert_rows(con, "outputs", pending.outputs)
         insert_rows(con, "feedback", pending.feedback)
         insert_rows(con, "batch_runs", [run | {"models": _payload(run.get("models"))} for run in pending.batch_runs])
+        for row in pending.registered:
+            con.execute(sql.REGISTER_VERSION, [row.get(c) for c in VERSION_COLUMNS])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -572,6 +580,16 @@ class EventLog:
         row["id"] = row["id"] or new_id()
         row["created_at"] = row["created_at"] or utcnow()
         return Logged(row["id"], self._append({"batch_run": row}))
+
+    def register_version(self, version: str, model: str, revision: str | None, base: str | None = None,
+                         data_fingerprint: str | None = None, params: dict | None = None,
+                         evaluation: dict | None = None) -> bool:
+        """Record a model version with what it was trained from and its evaluation; True once in the journal."""
+        row = {"version": version, "model": model, "revision": revision, "first_seen": utcnow(), "base": base,
+               "data_fingerprint": data_fingerprint,
+               "params": None if params is None else json.dumps(params),
+               "evaluation": None if evaluation is None else json.dumps(evaluation)}
+        return self._append({"register": row})
 
     def log_feedback(self, prediction_id: str, verdict: str | None = None, corrected_label: str | None = None,
                      edited_caption: str | None = None, task: str | None = None,

@@ -1,7 +1,7 @@
 """Every piece of SQL that knows the log's tables: the schema and its migrations, "latest feedback", and the
 wide relation that puts a request back into one row for readers (the dashboard, the export).
 
-The tables (schema version 5):
+The tables (schema version 6):
 
     predictions     one row per request: id, created_at, image_sha256, width, height, intake_ms, total_ms,
                     cached, source, session_id, image_file
@@ -9,14 +9,15 @@ The tables (schema version 5):
                     payload (the task's output as the API returns it, JSON), ms, and the payload's headline
                     label and score (classify's top-1, explain's label), typed: parsing JSON for every row
                     made the dashboard three to five times slower
-    model_versions  each model version once: version ("id@revision", or the id alone), model, revision, first_seen
+    model_versions  each model version once: version ("id@revision", or the id alone), model, revision, first_seen;
+                    a registered (trained) version also has base, data_fingerprint, params and evaluation (JSON)
     feedback        verdicts, corrected labels and edited captions, many per prediction; each on the request's
                     answer (task NULL: the labels' verdict and the caption's edit, as before schema 4) or on one
                     task's output (task), and for a detected box on that box (target: the box as it was
                     answered, {"index", "label", "score", "box"}; a thumbs down on a box without a corrected
                     label says it is not an object)
     batch_runs      one row per batch job (python -m pipelines.batch): when, input, output, tasks, model versions,
-                    counts and images per second (schema 5)
+                    counts and images per second
 
 A new task adds rows to `outputs`, never a column.
 """
@@ -151,6 +152,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             ray_address VARCHAR                     -- the cluster it joined; NULL for a local Ray
         )""",
     )),
+    (6, "registered model versions: what a trained version came from and how well it did", (
+        "ALTER TABLE model_versions ADD COLUMN base VARCHAR",  # the model it was trained from
+        "ALTER TABLE model_versions ADD COLUMN data_fingerprint VARCHAR",  # pipelines.learn.data.fingerprint
+        "ALTER TABLE model_versions ADD COLUMN params JSON",  # the training parameters
+        "ALTER TABLE model_versions ADD COLUMN evaluation JSON",  # pipelines.evaluate's report
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]  # the newest migration: a log at this version needs none
 
@@ -160,7 +167,12 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
 )
 OUTPUT_COLUMNS: tuple[str, ...] = ("prediction_id", "task", "model_version", "precision", "payload", "ms", "label",
                                    "score")
-VERSION_COLUMNS: tuple[str, ...] = ("version", "model", "revision", "first_seen")
+VERSION_COLUMNS: tuple[str, ...] = ("version", "model", "revision", "first_seen", "base", "data_fingerprint",
+                                    "params", "evaluation")
+# A registration fills in what a version came from; the version's first_seen stays that of its first row.
+REGISTER_VERSION = f"""INSERT INTO model_versions ({', '.join(VERSION_COLUMNS)}) VALUES ({', '.join('?' * len(VERSION_COLUMNS))})
+    ON CONFLICT (version) DO UPDATE SET base = excluded.base, data_fingerprint = excluded.data_fingerprint,
+        params = excluded.params, evaluation = excluded.evaluation"""
 FEEDBACK_COLUMNS: tuple[str, ...] = (
     "id", "prediction_id", "created_at", "verdict", "corrected_label", "edited_caption", "task", "target",
 )

@@ -155,13 +155,19 @@ def _short(revision: str | None) -> str:
     return revision[:12] if len(revision) == 40 else revision
 
 
+NOTE_FILES = {"README.md", "training.json", "history.json", "evaluation.json"}  # written beside a trained model
+
+
 def local_revision(folder: str | os.PathLike) -> str:
     """A local folder's revision: "local-" and a hash of its files' names and contents, so two fine-tunes differ.
 
     Only the folder's own visible files count: `hf download --local-dir` keeps its bookkeeping in .cache/.
+    Notes about the model (its card, training record, evaluation) are no part of it: evaluating a version
+    again must not turn it into another version.
     """
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")):
+    for path in sorted(p for p in Path(folder).iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.name not in NOTE_FILES):
         digest.update(path.name.encode("utf-8") + b"\0")
         with open(path, "rb") as fh:
             digest.update(hashlib.file_digest(fh, "sha256").digest())
