@@ -191,3 +191,53 @@ def test_a_model_folder_that_is_not_there_is_one_sentence(tmp_path, tiny_caption
     with pytest.raises(SystemExit, match="no-such-model"):
         cli.main(argv)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_worker_killed_mid_job_loses_no_photo_and_doubles_none(ray_local, tmp_path, monkeypatch, capsys,
+                                                                   tiny_classifier_dir, tiny_captioner_dir):
+    """README's promise: a model actor SIGKILLed in the middle of a batch is restarted by Ray and its batch retried.
+
+    The pool runs a subclass of the real worker that kills its own process once, on the job's second batch, after
+    the batch reached it and before it answers (what the OOM killer or a lost node does): the run still ends with
+    exactly one row per photo, the summary counts them all, and a rerun does nothing new.
+    """
+    import signal
+
+    photos = JPEGS[:4]
+    listing = tmp_path / "photos.txt"
+    listing.write_text("".join(f"{p}\n" for p in photos))
+    calls = tmp_path / "calls"
+    calls.mkdir()
+
+    class DiesOnce(worker.Recognize):
+        """The real worker, but the process that takes the job's second batch dies with SIGKILL before answering."""
+
+        def __call__(self, batch):
+            n = 1  # claim the next call number across all actors (O_EXCL: exactly one process wins each number)
+            while True:
+                try:
+                    os.close(os.open(calls / str(n), os.O_CREAT | os.O_EXCL))
+                    break
+                except FileExistsError:
+                    n += 1
+            if n == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().__call__(batch)
+
+    monkeypatch.setattr(worker, "Recognize", DiesOnce)  # job.run hands worker.Recognize to map_batches
+    argv = _argv(listing, tmp_path / "out", tmp_path / "log.duckdb", tiny_classifier_dir, tiny_captioner_dir,
+                 "--tasks", "classify", "--workers", "1", "--log", "runs")
+    argv[argv.index("--batch-size") + 1] = "2"  # two batches on one actor: it dies after one answered batch
+    assert cli.main(argv) == 0
+    assert (calls / "2").exists() and len(list(calls.iterdir())) > len(photos) // 2  # it died; its batch re-ran
+    rows = _rows(tmp_path / "out")
+    assert sorted(r["path"] for r in rows) == sorted(map(str, photos))  # none lost, none twice
+    assert all(r["status"] == worker.DONE and r["classify"] for r in rows)
+    assert f"{len(photos)} images: {len(photos)} done, 0 refused, 0 skipped, 0 errors" in capsys.readouterr().out
+    with eventlog.reader(tmp_path / "log.duckdb") as con:
+        assert con.execute("SELECT images, done, errors FROM batch_runs").fetchall() == [(len(photos), len(photos), 0)]
+
+    files = sorted(p.name for p in (tmp_path / "out").rglob("*.parquet"))
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.parquet")) == files
+    assert f"{len(photos)} skipped" in capsys.readouterr().out
