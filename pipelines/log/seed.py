@@ -278,28 +278,18 @@ def _task_outputs(ids: np.ndarray, created: np.ndarray, seed: int) -> tuple[pa.T
             WITH ranked AS (SELECT *, row_number() OVER (PARTITION BY owner ORDER BY score DESC, pos) - 1 AS idx
                             FROM boxes)
             SELECT 'seed{seed}-tfb-' || lpad(CAST(row_number() OVER (ORDER BY created_at, task, prediction_id,
-                       target) AS VARCHAR), 8, '0') AS id, prediction_id, created_at, verdict,
-                   NULL::VARCHAR AS corrected_label, NULL::VARCHAR AS edited_caption, task, target
-            FROM (SELECT id AS prediction_id, created_at, verdict, 'detect' AS task, NULL::VARCHAR AS target
+                       target) AS VARCHAR), 8, '0') AS id, prediction_id, created_at, verdict, corrected_label,
+                   NULL::VARCHAR AS edited_caption, task, target
+            FROM (SELECT id AS prediction_id, created_at, verdict, NULL::VARCHAR AS corrected_label, 'detect' AS task,
+                         NULL::VARCHAR AS target
                   FROM thumbs WHERE detect
                   UNION ALL
-                  SELECT id, created_at + INTERVAL 1 SECOND, verdict, 'zero_shot', NULL FROM thumbs WHERE zero_shot
-                  UNION ALL
-                  SELECT t.id, t.created_at + INTERVAL 2 SECOND, 'down', 'detect',
+                  SELECT id, created_at + INTERVAL 1 SECOND, verdict, NULL, 'zero_shot', NULL FROM thumbs WHERE zero_shot
+                  UNION ALL  -- a marked box: relabelled (should_be), or not an object (NULL)
+                  SELECT t.id, t.created_at + INTERVAL 2 SECOND, 'down', r.should_be, 'detect',
                          to_json({{'box': r.box, 'index': r.idx, 'label': r.label, 'score': r.score}})::VARCHAR
-                  FROM ranked r JOIN thumbs t ON t.owner = r.owner WHERE r.marked)""").to_arrow_table()
-        relabelled = con.sql("""
-            SELECT t.id AS prediction_id, to_json({'box': r.box, 'index': r.idx, 'label': r.label,
-                                                   'score': r.score})::VARCHAR AS target, r.should_be
-            FROM (SELECT *, row_number() OVER (PARTITION BY owner ORDER BY score DESC, pos) - 1 AS idx FROM boxes) r
-            JOIN thumbs t ON t.owner = r.owner WHERE r.marked""").to_arrow_table()
-        con.register("fb", feedback)
-        con.register("relabelled", relabelled)
-        feedback = con.sql("""
-            SELECT fb.id, fb.prediction_id, fb.created_at, fb.verdict, r.should_be AS corrected_label,
-                   fb.edited_caption, fb.task, fb.target
-            FROM fb LEFT JOIN relabelled r ON r.prediction_id = fb.prediction_id AND r.target = fb.target
-            ORDER BY fb.id""").to_arrow_table()
+                  FROM ranked r JOIN thumbs t ON t.owner = r.owner WHERE r.marked)
+            ORDER BY id""").to_arrow_table()
     used = [(v, m, r, created[np.argmax(mask)]) for v, (m, r), mask in
             ((detector, DETECTOR, detect), (zs_model, ZERO_SHOT, zero_shot)) if mask.any()]
     versions = pa.table({
