@@ -39,8 +39,6 @@ def judge(output_of: Callable[[str], dict | None], labels_of: Callable[[str, dic
         task = "detect"
     else:
         box = None
-    if edited_caption is not None and task not in (None, "caption"):
-        raise FeedbackRejected(f"An edited caption is feedback on the caption, not on {task}.")
     if corrected_label is not None and verdict == "up":
         raise FeedbackRejected("A corrected label says the answer was wrong: send it with a thumbs down.")
     if task is None:  # the answer: its labels' verdict, its caption's edit, as before feedback had tasks
