@@ -220,14 +220,15 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                 history = ([history_entry(result)] + history)[:HISTORY_LENGTH]
                 known = [item["label"] for item in result["labels"] or []]
                 choices = known + [x for x in studio.labels() if x not in known] if known else []
+                listed = box_choices(result)
                 yield {**shown, current: public(result), history_state: history, table: history_rows(history),
                        verdict_row: gr.Row(visible=bool(known)), correction: gr.Group(visible=False),
                        right_label: gr.Dropdown(choices=choices, value=None),
                        **dict(zip(rating, rating_rows(result))),
-                       box_feedback: gr.Group(visible=bool(box_choices(result))),
-                       which_box: gr.Dropdown(choices=box_choices(result), value=None),
-                       box_label: gr.Dropdown(choices=[NOT_AN_OBJECT, *studio.labels("detect")] if box_choices(result)
-                                              else [], value=None),
+                       box_feedback: gr.Group(visible=bool(listed)),
+                       which_box: gr.Dropdown(choices=listed, value=None),
+                       box_label: gr.Dropdown(choices=[NOT_AN_OBJECT, *studio.labels("detect")] if listed else [],
+                                              value=None),
                        message: "" if result["logged"] else NOT_LOGGED,
                        model_status: status_markdown(studio)}  # a model first asked for has just loaded
         except USER_ERRORS as exc:
