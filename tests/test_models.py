@@ -387,3 +387,39 @@ def test_standins_build_and_run(tmp_path, image):
     assert cap.model.config.text_config.vocab_size == 30524 == len(cap.processor.tokenizer)
     assert cap.processor.tokenizer.sep_token_id == cap.model.config.text_config.sep_token_id == 102
     assert cap.processor.tokenizer.bos_token_id == cap.model.config.text_config.bos_token_id == 30522
+
+
+def test_two_models_loaded_from_two_threads_build_in_turn_and_leave_transformers_as_it_was(
+        tiny_classifier_dir, tiny_captioner_dir, monkeypatch):
+    # transformers swaps tie_weights and the default dtype process-wide while it builds; two builds at once
+    # can leave them swapped (seen: every later BLIP load kept its tied decoder weight on the meta device)
+    from transformers import PreTrainedModel
+
+    tie_weights = PreTrainedModel.tie_weights
+    classifier = Classifier(tiny_classifier_dir, device="cpu", precision="fp32")
+    captioner = Captioner(tiny_captioner_dir, device="cpu", max_new_tokens=3, precision="bf16")
+    building, overlapped = threading.Event(), threading.Event()
+    real_caption_build, real_classify_build = Captioner._load_components, Classifier._load_components
+
+    def caption_build(self, *args):
+        building.set()
+        # wait for the other thread's build to begin, as it would were builds not taking turns
+        overlapped.wait(timeout=3)
+        return real_caption_build(self, *args)
+
+    def classify_build(self, *args):
+        if building.is_set() and not captioner.loaded:
+            overlapped.set()
+        return real_classify_build(self, *args)
+
+    monkeypatch.setattr(Captioner, "_load_components", caption_build)
+    monkeypatch.setattr(Classifier, "_load_components", classify_build)
+    first = threading.Thread(target=captioner.load)
+    first.start()
+    assert building.wait(timeout=60)
+    classifier.load()
+    first.join()
+    assert not overlapped.is_set(), "the classifier was built while the captioner's build was still open"
+    assert PreTrainedModel.tie_weights is tie_weights and torch.get_default_dtype() == torch.float32
+    photo = Image.new("RGB", (64, 64), "white")
+    assert classifier(photo) and captioner(photo) is not None

@@ -35,6 +35,10 @@ _NETWORK_ERROR_NAMES = {"ConnectError", "ConnectTimeout", "TimeoutException", "N
 HUB_PROBE_TIMEOUT_S = 3.0  # a reachable hub answers a HEAD in well under this; an unreachable one never does
 _hub_probes: dict[str, str | None] = {}  # endpoint -> why it cannot be reached, or None; once per process
 _hub_probe_lock = threading.Lock()
+# transformers builds a model under process-wide patches (the default dtype, PreTrainedModel.tie_weights and
+# torch.linspace swapped out, then back): two builds at once in two threads can restore them in the wrong order and
+# leave tie_weights a no-op for good, so every later model keeps tied weights on the meta device. Builds take turns.
+BUILD_LOCK = threading.RLock()
 
 
 def hub_unreachable(refresh: bool = False, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
@@ -246,7 +250,7 @@ class LazyModel:
         """Load once (safe from many threads); re-raise a remembered failure unless retry is set."""
         if self._loaded:
             return self
-        with self._lock:
+        with BUILD_LOCK, self._lock:
             if self._loaded:
                 return self
             if self._error is not None and not retry:
