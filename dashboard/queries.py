@@ -498,12 +498,20 @@ def objects(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -
             "wrong_boxes": wrong_boxes}
 
 
+def models(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """The Models tab (dashboard.models): each classify version's evaluation, live accuracy and the review queue."""
+    from dashboard import models as models_page  # it builds on this module's relation
+
+    return models_page.page(con, f, interval)
+
+
 OBJECTS_TAB = "Objects & custom labels"
 
 Page = Callable[[duckdb.DuckDBPyConnection, Filters, str], dict[str, pd.DataFrame]]
 PAGES: dict[str, Page] = {
     "Overview": overview,
     "Accuracy": accuracy,
+    "Models": models,
     "Classes": classes,
     "Performance": performance,
     "Confidence": confidence,
