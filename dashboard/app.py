@@ -178,32 +178,43 @@ def show_overview(data: dict, window_name: str) -> None:
     for row in (cards[:4], cards[4:]):
         for column, card in zip(st.columns(4), row):
             with column:
-                st.metric(card.label, card.value, card.delta, delta_color="inverse" if card.inverse else "normal",
+                color = "off" if not card.settled else "inverse" if card.inverse else "normal"
+                st.metric(card.label, card.value, card.delta, delta_color=color,
                           help=card.help, border=True, delta_description=compare if card.delta is not None else None)
                 if card.note:
                     st.caption(card.note)
     plot(charts.activity(data["trend"]))
 
 
+def _ci(rate, low, high) -> str:
+    return "–" if pd.isna(rate) else f"{rate:.1%} ({low:.1%}–{high:.1%})"
+
+
 def show_accuracy(data: dict) -> None:
-    st.caption("Latest verdict per prediction. Thumbs-up rate = up / (up + down). Top-1 accuracy from corrected "
-               "labels counts a thumbs up, or a correction equal to the top-1 label, as right and any other thumbs "
-               "down as wrong. Bands are Wilson 95% intervals; the bars are the verdicts behind each point.")
+    st.caption("Latest verdict per prediction. Thumbs-up rate = up / (up + down), over every verdict. Top-1 and top-5 "
+               "accuracy count only the verdicts that tell the true label: a thumbs up (the top-1 label) or a thumbs "
+               "down with a corrected label; top-5 = the true label among the 5 labels shown. A thumbs down without a "
+               "label counts in the thumbs-up rate alone. Bands are Wilson 95% intervals; the bars are the verdicts "
+               "behind each point, hatched where the window or the log covers the period only in part.")
     table = data["by_version"]
     if not table.empty:
         st.dataframe(
-            table.assign(up=[f"{r:.1%} ({lo:.1%}–{hi:.1%})" for r, lo, hi in
-                             zip(table["up_rate"], table["up_rate_low"], table["up_rate_high"])],
-                         acc=[f"{r:.1%} ({lo:.1%}–{hi:.1%})" for r, lo, hi in
-                              zip(table["accuracy"], table["accuracy_low"], table["accuracy_high"])])
-            [["version", "n_verdict", "up", "acc", "n_corrected"]],
+            table.assign(**{m: [_ci(r, lo, hi) for r, lo, hi in zip(table[m], table[f"{m}_low"], table[f"{m}_high"])]
+                            for m in ("up_rate", "top1", "top5")})
+            [["version", "n_verdict", "up_rate", "n_known", "top1", "top5"]],
             hide_index=True,
             column_config={"version": "Model version",
                            "n_verdict": st.column_config.NumberColumn("Verdicts", format="localized"),
-                           "up": "Thumbs-up rate (95% CI)", "acc": "Top-1 accuracy (95% CI)",
-                           "n_corrected": st.column_config.NumberColumn("Corrected labels", format="localized")})
+                           "up_rate": "Thumbs-up rate (95% CI)",
+                           "n_known": st.column_config.NumberColumn("With a true label", format="localized"),
+                           "top1": "Top-1 accuracy (95% CI)", "top5": "Top-5 accuracy (95% CI)"})
     plot(charts.rate_over_time(data["over_time"], "up_rate"))
-    plot(charts.rate_over_time(data["over_time"], "accuracy"))
+    left, right = st.columns(2)
+    with left:
+        plot(charts.rate_over_time(data["over_time"], "top1"))
+    with right:
+        plot(charts.rate_over_time(data["over_time"], "top5"))
+    plot(model_charts.error_rate_by_class(data["classes"]))
 
 
 NO_EVALUATION = ("{name}: no offline evaluation recorded (train it with `python -m pipelines.train` and register it "
@@ -311,6 +322,9 @@ def show_confidence(data: dict) -> None:
         st.caption(f"Points on the dotted diagonal mean a score of x is thumbs-up x of the time. The expected "
                    f"calibration error (ECE) is {ece:.1%}: the count-weighted gap between confidence and the observed "
                    "thumbs-up rate; whiskers are Wilson 95% intervals.")
+        warning = stats.calibration_warning(table)
+        if warning:
+            st.warning(warning)
     left, right = st.columns(2)
     with left:
         plot(charts.confidence_histogram(data["bins"]))

@@ -16,11 +16,6 @@ from dashboard import queries, stats
 from pipelines.log import sql
 
 REVIEW_LIMIT = 50
-WORST_CLASSES = 15
-TOP_K = 5  # the labels the demo shows under a photo
-
-# A verdict's true label where it tells one: the top-1 label on a thumbs up, the correction on a thumbs down.
-TRUE_LABEL = "CASE WHEN verdict = 'up' THEN top1_label ELSE corrected_label END"
 
 
 def _json(value) -> dict | list | None:
@@ -85,19 +80,9 @@ def live(con: duckdb.DuckDBPyConnection, f: queries.Filters, interval: str = "da
     the verdicts that tell the true label (n_known)."""
     rel, params = _verdicts(f)
     df = queries._df(con, f"""
-        SELECT {queries._bucket(interval)} AS bucket, classify_version AS version_id,
-               count(verdict) AS n_verdict, count(*) FILTER (WHERE verdict = 'up') AS n_up,
-               count({TRUE_LABEL}) AS n_known,
-               count(*) FILTER (WHERE {TRUE_LABEL} = top1_label) AS n_top1,
-               count(*) FILTER (WHERE list_contains(labels[1:{TOP_K}], {TRUE_LABEL})) AS n_top5
+        SELECT {queries._bucket(interval)} AS bucket, classify_version AS version_id, {queries.ACCURACY_COUNTS}
         FROM {rel} WHERE verdict IS NOT NULL GROUP BY ALL ORDER BY bucket, version_id""", params)
-    return _rates(df)
-
-
-def _rates(df: pd.DataFrame) -> pd.DataFrame:
-    df = stats.add_rate(df, "up_rate", "n_up", "n_verdict")
-    df = stats.add_rate(df, "top1", "n_top1", "n_known")
-    return stats.add_rate(df, "top5", "n_top5", "n_known")
+    return queries.add_accuracy(df)
 
 
 def review(con: duckdb.DuckDBPyConnection, f: queries.Filters, limit: int = REVIEW_LIMIT) -> pd.DataFrame:
@@ -115,28 +100,16 @@ def review(con: duckdb.DuckDBPyConnection, f: queries.Filters, limit: int = REVI
         LIMIT {int(limit)}""", params)
 
 
-def worst_classes(con: duckdb.DuckDBPyConnection, f: queries.Filters, top: int = WORST_CLASSES) -> pd.DataFrame:
-    """Per true label (from verdicts that tell it): how often the top-1 label was right, worst first."""
-    rel, params = _verdicts(f)
-    df = queries._df(con, f"""
-        SELECT {TRUE_LABEL} AS label, count(*) AS n_known, count(*) FILTER (WHERE {TRUE_LABEL} = top1_label) AS n_top1
-        FROM {rel} WHERE {TRUE_LABEL} IS NOT NULL GROUP BY ALL""", params)
-    df = stats.add_rate(df, "top1", "n_top1", "n_known")
-    df["error_rate"] = 1 - df["top1"]
-    return df.sort_values(["error_rate", "n_known", "label"], ascending=[False, False, True]).head(top) \
-        .reset_index(drop=True)
-
-
 def page(con: duckdb.DuckDBPyConnection, f: queries.Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
     """The Models tab: versions with their evaluations, live accuracy over time and in total, the review queue."""
     table = versions(con)
     names = dict(zip(table["version"], table["name"]))
     over_time = live(con, f, interval)
     totals = over_time.groupby("version_id", as_index=False, sort=False)[
-        ["n_verdict", "n_up", "n_known", "n_top1", "n_top5"]].sum()
-    totals = _rates(totals)
+        ["n_verdict", "n_up", "n_known", "n_top1", "n_top5", "n_corrected"]].sum()
+    totals = queries.add_accuracy(totals)
     queue = review(con, f)
     for df in (over_time, totals, queue):
         df.insert(0, "version", [names.get(v) or stats.version_label(v, None) for v in df["version_id"]])
     return {"versions": table, "live": over_time, "live_totals": totals, "review": queue,
-            "worst_classes": worst_classes(con, f)}
+            "worst_classes": queries.class_errors(con, f)}
