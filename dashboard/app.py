@@ -249,9 +249,9 @@ def show_version(row) -> None:
 
 def show_models(data: dict) -> None:
     table, totals = data["versions"], data["live_totals"]
-    st.caption("Offline: the evaluation recorded when the version was registered (held-out images). Live: the latest "
-               "verdict per prediction; top-1 and top-5 accuracy count only verdicts that tell the true label (a thumbs "
-               "up, or a thumbs down with a corrected label; top-5 = the true label among the 5 labels shown).")
+    st.caption("Offline: the evaluation recorded when the version was registered (held-out images). Live: the "
+               "latest verdict per prediction; top-1 and top-5 accuracy count only verdicts that tell the true label "
+               "(a thumbs up, or a thumbs down with a corrected label; top-5 = the true label among the 5 shown).")
     if table.empty:
         st.info("No classify versions in the log yet.")
         return
@@ -266,9 +266,11 @@ def show_models(data: dict) -> None:
         "top5_accuracy": st.column_config.NumberColumn("Offline top-5", format="percent"),
         "ece": st.column_config.NumberColumn("Offline ECE", format="percent"),
         "live_top1": "Live top-1", "n_known": "Verdicts with a true label", "live_up": "Live thumbs-up rate"})
-    names = list(table["name"])
-    chosen = st.multiselect("Compare versions", names, default=names[-2:], max_selections=2, key="compare_versions")
-    picked = table[table["name"].isin(chosen)]
+    # Options are the version ids: two versions may read the same on screen (a folder retrained in place).
+    ids, names = list(table["version"]), dict(zip(table["version"], table["name"]))
+    chosen = st.multiselect("Compare versions", ids, default=ids[-2:], max_selections=2, key="compare_versions",
+                            format_func=names.get)
+    picked = table[table["version"].isin(chosen)]
     plot(model_charts.compare(picked, totals))
     for column, (_, row) in zip(st.columns(max(len(picked), 1)), picked.iterrows()):
         with column:

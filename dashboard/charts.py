@@ -102,7 +102,8 @@ def activity(trend: pd.DataFrame) -> go.Figure:
         hovertemplate="%{x}<br>%{y:.1%} up (95% CI %{customdata[0]}–%{customdata[1]})"
                       "<br>%{customdata[2]} of %{customdata[3]} verdicts<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Bar(x=trend["bucket"], y=trend["n"], name="predictions", marker_color=PRIMARY,
-                         **_partial_bars(trend), hovertemplate="%{x}<br>%{y:,} predictions<extra></extra>"), row=2, col=1)
+                         **_partial_bars(trend), hovertemplate="%{x}<br>%{y:,} predictions<extra></extra>"),
+                  row=2, col=1)
     fig.update_yaxes(title_text="thumbs up", tickformat=".0%", range=[0, 1], row=1, col=1)
     fig.update_yaxes(title_text="predictions", row=2, col=1)
     return _layout(fig, title, height=420)
@@ -120,7 +121,8 @@ def rate_over_time(df: pd.DataFrame, metric: str = "up_rate") -> go.Figure:
     hits, trials = RATE_COUNTS[metric]
     title = f"{RATE_TITLES[metric]} per model version{RATE_NOTES[metric]}"
     if df.empty or not (df[trials] > 0).any():
-        return empty(title, "No verdicts that tell the true label" if trials == "n_known" else "No verdicts for these filters")
+        return empty(title, "No verdicts that tell the true label" if trials == "n_known"
+                     else "No verdicts for these filters")
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06)
     colors = _colors(df["version"])
     unit = "verdicts" if trials == "n_verdict" else "verdicts with a true label"

@@ -13,7 +13,6 @@ import duckdb
 import pandas as pd
 
 from dashboard import queries, stats
-from pipelines.log import sql
 
 REVIEW_LIMIT = 50
 
@@ -52,7 +51,8 @@ def per_class(evaluation: str | None) -> pd.DataFrame:
     """The evaluation's per-class precision, recall, F1 and support, worst F1 first."""
     columns = ["label", "precision", "recall", "f1", "support"]
     report = _json(evaluation) or {}
-    rows = [{"label": label, **{k: v.get(k) for k in columns[1:]}} for label, v in (report.get("per_class") or {}).items()]
+    rows = [{"label": label, **{k: v.get(k) for k in columns[1:]}}
+            for label, v in (report.get("per_class") or {}).items()]
     df = pd.DataFrame(rows, columns=columns)
     return df.sort_values(["f1", "label"], ignore_index=True)
 

@@ -327,7 +327,8 @@ STAGES = ("intake", "classify", "caption", "total")  # and after caption, any ot
 def performance(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
     """Latency p50/p95 per stage (intake, each task's output, total), interval and classify version, and
     requests per interval."""
-    rel, params = _relation(f, f"p.id, p.created_at, {_bucket(interval)} AS bucket, p.classify_version AS k, p.intake_ms, "
+    rel, params = _relation(f, f"p.id, p.created_at, {_bucket(interval)} AS bucket, p.classify_version AS k, "
+                               "p.intake_ms, "
                                "p.total_ms, coalesce(p.cached, false) AS cached")
     df = _df(con, f"""
         SELECT bucket, k, count(*) AS n, count(*) FILTER (WHERE cached) AS n_cached, {EXTENT},

@@ -33,7 +33,8 @@ def one_day(tmp_path_factory) -> str:
                 for i, verdict in enumerate(["up", "down", "up"])]
     with eventlog.writer(path) as con:
         eventlog.insert_rows(con, "predictions", [m["prediction"] for m in made])
-        eventlog.insert_rows(con, "model_versions", list({v["version"]: v for m in made for v in m["versions"]}.values()))
+        versions = {v["version"]: v for m in made for v in m["versions"]}
+        eventlog.insert_rows(con, "model_versions", list(versions.values()))
         eventlog.insert_rows(con, "outputs", [o for m in made for o in m["outputs"]])
         eventlog.insert_rows(con, "feedback", feedback)
     return str(path)

@@ -182,3 +182,18 @@ def test_models_tab_shows_both_versions_and_says_which_has_no_evaluation(log, mo
     assert len(at.get("plotly_chart")) == 6
     assert list(at.dataframe[-1].value["id"]) == ["n4", "n3", "n2", "o2", "n5"]
 
+
+
+def test_picking_versions_to_compare_changes_the_panels(log, monkeypatch):
+    monkeypatch.setenv("IMAGEREC_DB", log)
+    monkeypatch.delenv("IMAGEREC_DASHBOARD_PASSWORD", raising=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["period"] = "All time"
+    at.session_state["tab"] = "Models"
+    at.run()
+    at.multiselect(key="compare_versions").set_value([NEW_V]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [c for c in at.caption if "no offline evaluation" in c.value]
+    assert [m.value for m in at.metric if m.label == "Top-5 accuracy"] == ["100.0%"]
+    compare = at.get("plotly_chart")[0]
+    assert [t["name"] for t in json.loads(compare.proto.spec)["data"]] == ["ants-bees@trained1"]
