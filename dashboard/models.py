@@ -37,10 +37,8 @@ def versions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     evaluations = [_json(e) for e in df.pop("evaluation")]
     params = [_json(p) for p in df.pop("params")]
     df["name"] = [stats.version_label(m, r) for m, r in zip(df["model"], df["revision"])]
-    df["accuracy"] = [e.get("accuracy") if e else None for e in evaluations]
-    df["top5_accuracy"] = [e.get("top5_accuracy") if e else None for e in evaluations]
-    df["ece"] = [e.get("ece") if e else None for e in evaluations]
-    df["count"] = [e.get("count") if e else None for e in evaluations]
+    for key in ("accuracy", "top5_accuracy", "ece", "count"):  # floats, NaN where absent: the table shows a blank
+        df[key] = pd.to_numeric(pd.Series([(e or {}).get(key) for e in evaluations], dtype=object), errors="coerce")
     df["evaluation"] = [json.dumps(e) if e else None for e in evaluations]
     history = [(p or {}).get("history") if isinstance(p, dict) else None for p in params]
     df["history"] = [json.dumps(h) if h else None for h in history]
