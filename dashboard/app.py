@@ -15,9 +15,10 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts dashboard
     sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
+import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dashboard import charts, export, logfile, metrics, queries, stats  # noqa: E402
+from dashboard import charts, export, logfile, metrics, model_charts, models, queries, stats  # noqa: E402
 from pipelines import access, settings
 from pipelines.log import eventlog  # noqa: E402
 
@@ -177,32 +178,124 @@ def show_overview(data: dict, window_name: str) -> None:
     for row in (cards[:4], cards[4:]):
         for column, card in zip(st.columns(4), row):
             with column:
-                st.metric(card.label, card.value, card.delta, delta_color="inverse" if card.inverse else "normal",
+                color = "off" if not card.settled else "inverse" if card.inverse else "normal"
+                st.metric(card.label, card.value, card.delta, delta_color=color,
                           help=card.help, border=True, delta_description=compare if card.delta is not None else None)
                 if card.note:
                     st.caption(card.note)
     plot(charts.activity(data["trend"]))
 
 
+def _ci(rate, low, high) -> str:
+    return "–" if pd.isna(rate) else f"{rate:.1%} ({low:.1%}–{high:.1%})"
+
+
 def show_accuracy(data: dict) -> None:
-    st.caption("Latest verdict per prediction. Thumbs-up rate = up / (up + down). Top-1 accuracy from corrected "
-               "labels counts a thumbs up, or a correction equal to the top-1 label, as right and any other thumbs "
-               "down as wrong. Bands are Wilson 95% intervals; the bars are the verdicts behind each point.")
+    st.caption("Latest verdict per prediction. Thumbs-up rate = up / (up + down), over every verdict. Top-1 and top-5 "
+               "accuracy count only the verdicts that tell the true label: a thumbs up (the top-1 label) or a thumbs "
+               "down with a corrected label; top-5 = the true label among the 5 labels shown. A thumbs down without a "
+               "label counts in the thumbs-up rate alone. Bands are Wilson 95% intervals; the bars are the verdicts "
+               "behind each point, hatched where the window or the log covers the period only in part.")
     table = data["by_version"]
     if not table.empty:
         st.dataframe(
-            table.assign(up=[f"{r:.1%} ({lo:.1%}–{hi:.1%})" for r, lo, hi in
-                             zip(table["up_rate"], table["up_rate_low"], table["up_rate_high"])],
-                         acc=[f"{r:.1%} ({lo:.1%}–{hi:.1%})" for r, lo, hi in
-                              zip(table["accuracy"], table["accuracy_low"], table["accuracy_high"])])
-            [["version", "n_verdict", "up", "acc", "n_corrected"]],
+            table.assign(**{m: [_ci(r, lo, hi) for r, lo, hi in zip(table[m], table[f"{m}_low"], table[f"{m}_high"])]
+                            for m in ("up_rate", "top1", "top5")})
+            [["version", "n_verdict", "up_rate", "n_known", "top1", "top5"]],
             hide_index=True,
             column_config={"version": "Model version",
                            "n_verdict": st.column_config.NumberColumn("Verdicts", format="localized"),
-                           "up": "Thumbs-up rate (95% CI)", "acc": "Top-1 accuracy (95% CI)",
-                           "n_corrected": st.column_config.NumberColumn("Corrected labels", format="localized")})
+                           "up_rate": "Thumbs-up rate (95% CI)",
+                           "n_known": st.column_config.NumberColumn("With a true label", format="localized"),
+                           "top1": "Top-1 accuracy (95% CI)", "top5": "Top-5 accuracy (95% CI)"})
     plot(charts.rate_over_time(data["over_time"], "up_rate"))
-    plot(charts.rate_over_time(data["over_time"], "accuracy"))
+    left, right = st.columns(2)
+    with left:
+        plot(charts.rate_over_time(data["over_time"], "top1"))
+    with right:
+        plot(charts.rate_over_time(data["over_time"], "top5"))
+    plot(model_charts.error_rate_by_class(data["classes"]))
+
+
+NO_EVALUATION = ("{name}: no offline evaluation recorded (train it with `python -m pipelines.train` and register it "
+                 "with `python -m pipelines.promote`).")
+
+
+def _pct(value) -> str:
+    return "–" if value is None or pd.isna(value) else f"{value:.1%}"
+
+
+def show_version(row) -> None:
+    """One version's offline evaluation: headline numbers, per-class F1, confusion matrix, loss curves."""
+    st.markdown(f"**{row['name']}**" + (f"  \nfrom `{row['base']}`" if isinstance(row["base"], str) else ""))
+    if not isinstance(row["evaluation"], str):
+        st.caption(NO_EVALUATION.format(name=row["name"]))
+        return
+    cols = st.columns(3)
+    cols[0].metric("Accuracy", _pct(row["accuracy"]), border=True)
+    cols[1].metric("Top-5 accuracy", _pct(row["top5_accuracy"]), border=True)
+    cols[2].metric("ECE", _pct(row["ece"]), border=True,
+                   help="Expected calibration error on the held-out images: the gap between confidence and accuracy.")
+    if row["count"] is not None and not pd.isna(row["count"]):
+        st.caption(f"On {int(row['count']):,} held-out images.")
+    st.dataframe(models.per_class(row["evaluation"]), hide_index=True, column_config={
+        "label": "Label", "precision": st.column_config.NumberColumn("Precision", format="%.3f"),
+        "recall": st.column_config.NumberColumn("Recall", format="%.3f"),
+        "f1": st.column_config.NumberColumn("F1", format="%.3f"), "support": "Images"})
+    plot(model_charts.confusion_matrix(models.confusion(row["evaluation"])))
+    if isinstance(row["history"], str):
+        plot(model_charts.loss_curves(models.history(row["history"])))
+
+
+def show_models(data: dict) -> None:
+    table, totals = data["versions"], data["live_totals"]
+    st.caption("Offline: the evaluation recorded when the version was registered (held-out images). Live: the "
+               "latest verdict per prediction; top-1 and top-5 accuracy count only verdicts that tell the true label "
+               "(a thumbs up, or a thumbs down with a corrected label; top-5 = the true label among the 5 shown).")
+    if table.empty:
+        st.info("No classify versions in the log yet.")
+        return
+    live = totals.set_index("version_id")
+    summary = table[["name", "first_seen", "accuracy", "top5_accuracy", "ece"]].assign(
+        live_top1=[_pct(live.at[v, "top1"]) if v in live.index else "–" for v in table["version"]],
+        n_known=[int(live.at[v, "n_known"]) if v in live.index else 0 for v in table["version"]],
+        live_up=[_pct(live.at[v, "up_rate"]) if v in live.index else "–" for v in table["version"]])
+    st.dataframe(summary, hide_index=True, column_config={
+        "name": "Version", "first_seen": st.column_config.DatetimeColumn("First seen (UTC)", format="YYYY-MM-DD HH:mm"),
+        "accuracy": st.column_config.NumberColumn("Offline accuracy", format="percent"),
+        "top5_accuracy": st.column_config.NumberColumn("Offline top-5", format="percent"),
+        "ece": st.column_config.NumberColumn("Offline ECE", format="percent"),
+        "live_top1": "Live top-1", "n_known": "Verdicts with a true label", "live_up": "Live thumbs-up rate"})
+    # Options are the version ids: two versions may read the same on screen (a folder retrained in place).
+    ids, names = list(table["version"]), dict(zip(table["version"], table["name"]))
+    chosen = st.multiselect("Compare versions", ids, default=ids[-2:], max_selections=2, key="compare_versions",
+                            format_func=names.get)
+    picked = table[table["version"].isin(chosen)]
+    plot(model_charts.compare(picked, totals))
+    for column, (_, row) in zip(st.columns(max(len(picked), 1)), picked.iterrows()):
+        with column:
+            show_version(row)
+    left, right = st.columns(2)
+    with left:
+        plot(model_charts.live_accuracy(data["live"], "top1"))
+    with right:
+        plot(model_charts.live_accuracy(data["live"], "up_rate"))
+    show_review(data)
+
+
+def show_review(data: dict) -> None:
+    st.subheader("Review queue", divider="orange")
+    st.caption("Predictions most worth a look: feedback that disagrees with the prediction first, then those without "
+               "a verdict, least confident first. Right: the classes people most often correct.")
+    left, right = st.columns([3, 2])
+    with left:
+        st.dataframe(data["review"], hide_index=True, column_config={
+            "version": "Model version", "reason": "Why", "version_id": None,
+            "created_at": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm"),
+            "top1_label": "Top-1 label", "top1_score": st.column_config.NumberColumn("Score", format="%.3f"),
+            "verdict": "Verdict", "corrected_label": "Corrected label", "id": "Prediction id"})
+    with right:
+        plot(model_charts.error_rate_by_class(data["worst_classes"]))
 
 
 def show_classes(data: dict) -> None:
@@ -231,6 +324,9 @@ def show_confidence(data: dict) -> None:
         st.caption(f"Points on the dotted diagonal mean a score of x is thumbs-up x of the time. The expected "
                    f"calibration error (ECE) is {ece:.1%}: the count-weighted gap between confidence and the observed "
                    "thumbs-up rate; whiskers are Wilson 95% intervals.")
+        warning = stats.calibration_warning(table)
+        if warning:
+            st.warning(warning)
     left, right = st.columns(2)
     with left:
         plot(charts.confidence_histogram(data["bins"]))
@@ -407,6 +503,8 @@ def live() -> None:
             show_overview(data, window_name)
         elif page == "Accuracy":
             show_accuracy(data)
+        elif page == "Models":
+            show_models(data)
         elif page == "Classes":
             show_classes(data)
         elif page == "Performance":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -15,7 +17,38 @@ UP, DOWN, NONE = "#16a34a", "#dc2626", "#9ca3af"
 STAGE_NAMES = {"intake": "Intake", "classify": "Classify (ViT)", "caption": "Caption (BLIP)", "total": "Total"}
 
 
+ONE_MOMENT_PAD = pd.Timedelta(hours=12)
+PARTIAL_PATTERN = "/"  # bars of a period the window or the log covers only in part: hatched, not a dip
+
+
+def _times(fig: go.Figure) -> set[pd.Timestamp] | None:
+    """Every x of the figure's traces when all are moments in time, else None."""
+    found: set[pd.Timestamp] = set()
+    for trace in fig.data:
+        for value in getattr(trace, "x", None) if getattr(trace, "x", None) is not None else ():
+            if not isinstance(value, (datetime, np.datetime64, pd.Timestamp)):
+                return None
+            found.add(pd.Timestamp(value))
+    return found
+
+
+def _one_moment(fig: go.Figure) -> None:
+    """A time axis with a single moment gets a readable span around it (plotly would zoom to a millisecond)."""
+    moments = _times(fig)
+    if moments is not None and len(moments) == 1:
+        moment = next(iter(moments))
+        fig.update_xaxes(range=[moment - ONE_MOMENT_PAD, moment + ONE_MOMENT_PAD])
+
+
+def _partial_bars(df: pd.DataFrame) -> dict:
+    """Bar styling that hatches the periods marked partial (a `partial` column), so they do not read as dips."""
+    if "partial" not in df or not df["partial"].any():
+        return {}
+    return {"marker_pattern_shape": [PARTIAL_PATTERN if p else "" for p in df["partial"]]}
+
+
 def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
+    _one_moment(fig)
     fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=height, template="plotly_white",
                       margin=dict(l=10, r=10, t=60, b=10), hovermode="closest",
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
@@ -69,40 +102,47 @@ def activity(trend: pd.DataFrame) -> go.Figure:
         hovertemplate="%{x}<br>%{y:.1%} up (95% CI %{customdata[0]}–%{customdata[1]})"
                       "<br>%{customdata[2]} of %{customdata[3]} verdicts<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Bar(x=trend["bucket"], y=trend["n"], name="predictions", marker_color=PRIMARY,
-                         hovertemplate="%{x}<br>%{y:,} predictions<extra></extra>"), row=2, col=1)
+                         **_partial_bars(trend), hovertemplate="%{x}<br>%{y:,} predictions<extra></extra>"),
+                  row=2, col=1)
     fig.update_yaxes(title_text="thumbs up", tickformat=".0%", range=[0, 1], row=1, col=1)
     fig.update_yaxes(title_text="predictions", row=2, col=1)
     return _layout(fig, title, height=420)
 
 
-RATE_TITLES = {"up_rate": "Thumbs-up rate", "accuracy": "Top-1 accuracy from corrected labels"}
-RATE_COUNTS = {"up_rate": "n_up", "accuracy": "n_correct"}
+RATE_TITLES = {"up_rate": "Thumbs-up rate", "top1": "Top-1 accuracy", "top5": "Top-5 accuracy"}
+# Each measure's successes and trials: accuracy counts only verdicts that tell the true label.
+RATE_COUNTS = {"up_rate": ("n_up", "n_verdict"), "top1": ("n_top1", "n_known"), "top5": ("n_top5", "n_known")}
+RATE_NOTES = {"up_rate": "", "top1": " (verdicts that tell the true label)",
+              "top5": " (true label among the 5 shown)"}
 
 
 def rate_over_time(df: pd.DataFrame, metric: str = "up_rate") -> go.Figure:
-    """A rate per interval and model version with 95% bands, over the verdict counts behind each point."""
-    title = f"{RATE_TITLES[metric]} per model version"
-    if df.empty or not (df["n_verdict"] > 0).any():
-        return empty(title, "No verdicts for these filters")
+    """A rate per interval and model version with 95% bands, over the counts behind each point."""
+    hits, trials = RATE_COUNTS[metric]
+    title = f"{RATE_TITLES[metric]} per model version{RATE_NOTES[metric]}"
+    if df.empty or not (df[trials] > 0).any():
+        return empty(title, "No verdicts that tell the true label" if trials == "n_known"
+                     else "No verdicts for these filters")
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06)
     colors = _colors(df["version"])
+    unit = "verdicts" if trials == "n_verdict" else "verdicts with a true label"
     for version, part in df.groupby("version", sort=False):
-        part = part[part["n_verdict"] > 0]
+        part = part[part[trials] > 0]
         color = colors[version]
         _band(fig, part["bucket"], part[f"{metric}_low"], part[f"{metric}_high"], color, version, row=1, col=1)
         fig.add_trace(go.Scatter(
             x=part["bucket"], y=part[metric], mode="lines+markers", name=version, legendgroup=version,
             line=dict(color=color),
             customdata=np.stack([_pct(part[f"{metric}_low"]), _pct(part[f"{metric}_high"]),
-                                 part[RATE_COUNTS[metric]], part["n_verdict"]], axis=-1),
+                                 part[hits], part[trials]], axis=-1),
             hovertemplate=f"<b>{version}</b><br>%{{x}}<br>%{{y:.1%}} (95% CI %{{customdata[0]}}–%{{customdata[1]}})"
-                          "<br>%{customdata[2]} of %{customdata[3]} verdicts<extra></extra>"), row=1, col=1)
-        fig.add_trace(go.Bar(x=part["bucket"], y=part["n_verdict"], name=version, legendgroup=version,
-                             marker_color=color, showlegend=False,
-                             hovertemplate=f"<b>{version}</b><br>%{{x}}<br>%{{y:,}} verdicts<extra></extra>"),
+                          f"<br>%{{customdata[2]}} of %{{customdata[3]}} {unit}<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Bar(x=part["bucket"], y=part[trials], name=version, legendgroup=version,
+                             marker_color=color, showlegend=False, **_partial_bars(part),
+                             hovertemplate=f"<b>{version}</b><br>%{{x}}<br>%{{y:,}} {unit}<extra></extra>"),
                       row=2, col=1)
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text=RATE_TITLES[metric].split(" from ")[0].lower(), tickformat=".0%", row=1, col=1)
+    fig.update_yaxes(title_text=RATE_TITLES[metric].lower(), tickformat=".0%", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="verdicts", row=2, col=1)
     return _layout(fig, title, height=440)
 
@@ -166,7 +206,8 @@ def latency_over_time(df: pd.DataFrame) -> go.Figure:
         for version, part in df.groupby("version", sort=False):
             for q, dash in (("p50", "solid"), ("p95", "dash")):
                 fig.add_trace(go.Scatter(
-                    x=part["bucket"], y=part[f"{stage}_{q}"], mode="lines", name=version, legendgroup=version,
+                    x=part["bucket"], y=part[f"{stage}_{q}"], mode="lines+markers", marker=dict(size=5),
+                    name=version, legendgroup=version,
                     showlegend=(i == 0 and q == "p50"), line=dict(color=colors[version], dash=dash),
                     hovertemplate=f"<b>{version}</b> {names[stage]} {q}<br>%{{x}}<br>%{{y:,.0f}} ms"
                                   "<extra></extra>"), row=row + 1, col=col + 1)
@@ -187,7 +228,7 @@ def requests_over_time(df: pd.DataFrame) -> go.Figure:
     colors = _colors(df["version"])
     for version, part in df.groupby("version", sort=False):
         fig.add_trace(go.Bar(x=part["bucket"], y=part["n"], name=version, marker_color=colors[version],
-                             customdata=part["n_cached"],
+                             customdata=part["n_cached"], **_partial_bars(part),
                              hovertemplate=f"<b>{version}</b><br>%{{x}}<br>%{{y:,}} requests "
                                            "(%{customdata:,} cached)<extra></extra>"))
     fig.update_layout(barmode="stack")
@@ -238,7 +279,8 @@ def reliability_diagram(table: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="confidence (top-1 score)", range=[0, 1], tickformat=".0%", row=2, col=1)
     fig.update_yaxes(title_text="observed thumbs up", range=[0, 1], tickformat=".0%", row=1, col=1)
     fig.update_yaxes(title_text="verdicts", row=2, col=1)
-    return _layout(fig, f"{title} (ECE {ece:.1%})", height=460)
+    few = " – too few verdicts to trust" if stats.calibration_warning(table) else ""
+    return _layout(fig, f"{title} (ECE {ece:.1%}{few})", height=460)
 
 
 def edit_size_histogram(hist: pd.DataFrame) -> go.Figure:

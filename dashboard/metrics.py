@@ -18,6 +18,7 @@ class Card:
     value: str
     delta: str | int | None = None
     inverse: bool = False  # a rise is bad (latency)
+    settled: bool = True  # False: the change lies inside the current 95% interval, so it is shown uncoloured
     help: str = ""
     note: str = ""
 
@@ -44,6 +45,14 @@ def _ms(cur: float, prev: float) -> str | int | None:
     if math.isnan(cur) or math.isnan(prev):
         return None
     return 0 if round(cur - prev) == 0 else f"{cur - prev:+,.0f} ms"
+
+
+def _beyond_noise(k, n, previous: float) -> bool:
+    """Whether the previous rate lies outside the current one's Wilson 95% interval (k of n)."""
+    if math.isnan(previous) or not int(n):
+        return False
+    low, high = stats.wilson(k, n)
+    return not float(low) <= previous <= float(high)
 
 
 def _pct(value: float) -> str:
@@ -79,11 +88,15 @@ def overview_cards(summary: pd.DataFrame) -> list[Card]:
         Card("Distinct images", f"{int(cur['images']):,}", _relative(images, images_prev),
              help="Different images (by SHA-256) among those predictions."),
         Card("Feedback rate", _pct(feedback), _points(feedback, feedback_prev),
+             settled=_beyond_noise(cur["n_verdict"], cur["n"], feedback_prev),
              help="Share of predictions that got a thumbs up or down.", note=f"{int(cur['n_verdict']):,} verdicts"),
         Card("Thumbs-up rate", _pct(up), _points(up, up_prev),
-             help="Thumbs up / (up + down), latest verdict per prediction; Wilson 95% interval.",
+             settled=_beyond_noise(cur["n_up"], cur["n_verdict"], up_prev),
+             help="Thumbs up / (up + down), latest verdict per prediction; Wilson 95% interval. The change is "
+                  "coloured only when the previous rate lies outside that interval.",
              note=f"{ci} · n = {int(cur['n_verdict']):,}"),
         Card("Caption-edit rate", _pct(edits), _points(edits, edits_prev),
+             settled=_beyond_noise(cur["n_edited"], cur["n"], edits_prev),
              help="Share of predictions whose caption someone edited.", note=f"{int(cur['n_edited']):,} edited"),
         Card("Latency p50", ms, _ms(p50, p50_prev), inverse=True, help="Median total request time."),
         Card("Latency p95", ms95, _ms(p95, p95_prev), inverse=True, help="95th percentile of total request time."),

@@ -177,6 +177,20 @@ def _df(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) ->
     return con.execute(sql, params or []).df()
 
 
+EXTENT = "min(created_at) AS first_at, max(created_at) AS last_at"  # to tell which periods are covered in part
+
+
+def _mark_partial(df: pd.DataFrame, interval: str, f: Filters) -> pd.DataFrame:
+    """Replace the first_at/last_at columns by `partial`: the bucket reaches outside both the window and the
+    logged requests in it (the first day of a deployment, the period still running)."""
+    first, last = df.pop("first_at").min(), df.pop("last_at").max()
+    start = first if f.start is None or pd.isna(first) else max(pd.Timestamp(f.start), first)
+    end = last if f.end is None or pd.isna(last) else min(pd.Timestamp(f.end), last)
+    df["partial"] = stats.mark_partial(df["bucket"], interval, None if pd.isna(start) else start,
+                                       None if pd.isna(end) else end)
+    return df
+
+
 def _bucket(interval: str) -> str:
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, not {interval!r}")
@@ -231,7 +245,8 @@ def overview(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") 
                count(*) FILTER (WHERE verdict = 'up') AS n_up, count(*) FILTER (WHERE edited) AS n_edited
         FROM {rel} GROUP BY ALL""", period_params + params)
     rel, params = _relation(f, "p.created_at")
-    trend = _df(con, f"SELECT {_bucket(interval)} AS bucket, count(*) AS n FROM {rel} GROUP BY ALL", params)
+    trend = _df(con, f"SELECT {_bucket(interval)} AS bucket, count(*) AS n, {EXTENT} FROM {rel} GROUP BY ALL", params)
+    trend = _mark_partial(trend, interval, f)
 
     counts = ["n", "images", "n_verdict", "n_up", "n_edited"]
     by_period = feedback.groupby("period")[["n_verdict", "n_up", "n_edited"]].sum()
@@ -239,27 +254,57 @@ def overview(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") 
                .rename_axis("period").reset_index())
     summary[counts] = summary[counts].fillna(0).astype("int64")
     current = feedback[feedback["period"] == "current"].groupby("bucket")[["n_verdict", "n_up"]].sum()
-    trend = trend.set_index("bucket").join(current).fillna(0).astype("int64").sort_index().reset_index()
+    partial = trend.set_index("bucket")["partial"]
+    trend = (trend.drop(columns="partial").set_index("bucket").join(current).fillna(0).astype("int64")
+             .assign(partial=partial).sort_index().reset_index())
     return {"summary": summary, "trend": stats.add_rate(trend, "up_rate", "n_up", "n_verdict")}
 
 
-def accuracy(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
-    """Thumbs-up rate and top-1 accuracy per interval and model version, with their counts."""
-    rel, params = _relation(f, "p.created_at, p.classifier, p.classifier_revision, p.top1_label, fb.verdict, "
-                               "fb.corrected_label", feedback=("verdict",), inner=True)
-    df = _df(con, f"""
-        SELECT {_bucket(interval)} AS bucket, classifier, classifier_revision,
-               count(verdict) AS n_verdict, count(*) FILTER (WHERE verdict = 'up') AS n_up,
-               count(*) FILTER (WHERE verdict = 'up' OR corrected_label = top1_label) AS n_correct,
-               count(corrected_label) AS n_corrected
-        FROM {rel} GROUP BY ALL ORDER BY bucket, classifier, classifier_revision""", params)
-    df = stats.add_version(df)
+# A verdict's true label where it tells one: the top-1 label on a thumbs up, the correction on a thumbs down (a
+# thumbs down without a label says only "not the top-1").
+TRUE_LABEL = "CASE WHEN verdict = 'up' THEN top1_label ELSE corrected_label END"
+TOP_K = 5  # the labels the demo shows under a photo: top-5 accuracy is the true label among them
+WORST_CLASSES = 15
+
+
+def add_accuracy(df: pd.DataFrame) -> pd.DataFrame:
+    """The three live measures with Wilson bands: thumbs-up rate over all verdicts, top-1 and top-5 accuracy over
+    the verdicts that tell the true label (n_known)."""
     df = stats.add_rate(df, "up_rate", "n_up", "n_verdict")
-    df = stats.add_rate(df, "accuracy", "n_correct", "n_verdict")
-    totals = df.groupby("version", as_index=False, sort=False)[["n_verdict", "n_up", "n_correct", "n_corrected"]].sum()
-    totals = stats.add_rate(totals, "up_rate", "n_up", "n_verdict")
-    totals = stats.add_rate(totals, "accuracy", "n_correct", "n_verdict")
-    return {"over_time": df, "by_version": totals}
+    df = stats.add_rate(df, "top1", "n_top1", "n_known")
+    return stats.add_rate(df, "top5", "n_top5", "n_known")
+
+
+ACCURACY_COUNTS = f"""count(verdict) AS n_verdict, count(*) FILTER (WHERE verdict = 'up') AS n_up,
+               count({TRUE_LABEL}) AS n_known, count(*) FILTER (WHERE {TRUE_LABEL} = top1_label) AS n_top1,
+               count(*) FILTER (WHERE list_contains(labels[1:{TOP_K}], {TRUE_LABEL})) AS n_top5,
+               count(corrected_label) AS n_corrected"""
+
+
+def accuracy(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """Thumbs-up rate, top-1 and top-5 accuracy per interval and model version with their counts, and the error
+    rate per true label."""
+    rel, params = _relation(f, "p.created_at, p.classifier, p.classifier_revision, p.top1_label, p.labels, "
+                               "fb.verdict, fb.corrected_label", feedback=("verdict",), inner=True)
+    df = _df(con, f"""
+        SELECT {_bucket(interval)} AS bucket, classifier, classifier_revision, {ACCURACY_COUNTS}, {EXTENT}
+        FROM {rel} GROUP BY ALL ORDER BY bucket, classifier, classifier_revision""", params)
+    df = add_accuracy(stats.add_version(_mark_partial(df, interval, f)))
+    counts = ["n_verdict", "n_up", "n_known", "n_top1", "n_top5", "n_corrected"]
+    totals = add_accuracy(df.groupby("version", as_index=False, sort=False)[counts].sum())
+    return {"over_time": df, "by_version": totals, "classes": class_errors(con, f)}
+
+
+def class_errors(con: duckdb.DuckDBPyConnection, f: Filters, top: int = WORST_CLASSES) -> pd.DataFrame:
+    """Per true label (from the verdicts that tell it): how often the top-1 label was wrong, worst first."""
+    rel, params = _relation(f, "p.created_at, p.top1_label, fb.verdict, fb.corrected_label", feedback=("verdict",),
+                            inner=True)
+    df = _df(con, f"""
+        SELECT {TRUE_LABEL} AS label, count(*) AS n_known, count(*) FILTER (WHERE {TRUE_LABEL} <> top1_label) AS n_wrong
+        FROM {rel} WHERE {TRUE_LABEL} IS NOT NULL GROUP BY ALL""", params)
+    df = stats.add_rate(df, "error_rate", "n_wrong", "n_known")
+    return (df.sort_values(["error_rate", "n_known", "label"], ascending=[False, False, True]).head(top)
+            .reset_index(drop=True))
 
 
 def classes(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
@@ -282,12 +327,14 @@ STAGES = ("intake", "classify", "caption", "total")  # and after caption, any ot
 def performance(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
     """Latency p50/p95 per stage (intake, each task's output, total), interval and classify version, and
     requests per interval."""
-    rel, params = _relation(f, f"p.id, {_bucket(interval)} AS bucket, p.classify_version AS k, p.intake_ms, "
+    rel, params = _relation(f, f"p.id, p.created_at, {_bucket(interval)} AS bucket, p.classify_version AS k, "
+                               "p.intake_ms, "
                                "p.total_ms, coalesce(p.cached, false) AS cached")
     df = _df(con, f"""
-        SELECT bucket, k, count(*) AS n, count(*) FILTER (WHERE cached) AS n_cached,
+        SELECT bucket, k, count(*) AS n, count(*) FILTER (WHERE cached) AS n_cached, {EXTENT},
                quantile_cont(intake_ms, [0.5, 0.95]) AS intake, quantile_cont(total_ms, [0.5, 0.95]) AS total
         FROM {rel} GROUP BY ALL""", params)
+    df = _mark_partial(df, interval, f)
     # Every task's time from its output, whatever the task. Cache hits skip the models, so they would drag the
     # tasks' percentiles towards zero.
     tasks = _df(con, f"""
@@ -498,12 +545,20 @@ def objects(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -
             "wrong_boxes": wrong_boxes}
 
 
+def models(con: duckdb.DuckDBPyConnection, f: Filters, interval: str = "day") -> dict[str, pd.DataFrame]:
+    """The Models tab (dashboard.models): each classify version's evaluation, live accuracy and the review queue."""
+    from dashboard import models as models_page  # it builds on this module's relation
+
+    return models_page.page(con, f, interval)
+
+
 OBJECTS_TAB = "Objects & custom labels"
 
 Page = Callable[[duckdb.DuckDBPyConnection, Filters, str], dict[str, pd.DataFrame]]
 PAGES: dict[str, Page] = {
     "Overview": overview,
     "Accuracy": accuracy,
+    "Models": models,
     "Classes": classes,
     "Performance": performance,
     "Confidence": confidence,

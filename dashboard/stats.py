@@ -80,9 +80,33 @@ def reliability(bins: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
     return grouped[columns].reset_index(drop=True)
 
 
+MIN_CALIBRATION_VERDICTS = 100  # below this the ECE over 10 bins is mostly noise: a warning, not a number to trust
+
+
+def calibration_warning(table: pd.DataFrame) -> str | None:
+    """A sentence when the calibration error rests on too few verdicts to mean anything, else None."""
+    n = int(table["n_verdict"].sum()) if not table.empty else 0
+    if n >= MIN_CALIBRATION_VERDICTS:
+        return None
+    return (f"The calibration error comes from only {n:,} verdict{'s' if n != 1 else ''}; below "
+            f"{MIN_CALIBRATION_VERDICTS} it is not meaningful (each of the 10 bins holds a handful or none).")
+
+
 def calibration_error(table: pd.DataFrame) -> float:
     """Expected calibration error: the count-weighted mean gap between confidence and up rate."""
     n = table["n_verdict"].sum() if not table.empty else 0
     if not n:
         return float("nan")
     return float((table["n_verdict"] * (table["confidence"] - table["up_rate"]).abs()).sum() / n)
+
+
+STEPS = {"hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1), "week": pd.Timedelta(days=7)}
+
+
+def mark_partial(buckets: pd.Series, interval: str, start, end) -> np.ndarray:
+    """Whether each bucket (its start, of `interval` length) reaches outside [start, end]: a period the window or
+    the log covers only in part, whose counts would read as a dip."""
+    if buckets.empty or start is None or end is None:
+        return np.zeros(len(buckets), dtype=bool)
+    b = pd.to_datetime(buckets)
+    return ((b < pd.Timestamp(start)) | (b + STEPS[interval] > pd.Timestamp(end))).to_numpy()

@@ -17,13 +17,15 @@ class PromotionError(ValueError):
 
 
 def training_record(model: str) -> dict:
-    """What train.py wrote beside a model folder (base, data fingerprint, params, evaluation), or {}."""
+    """What train.py wrote beside a model folder (base, data fingerprint, params, evaluation, history), or {}."""
     folder = Path(model)
     record = {}
     if is_local_folder(model) and (folder / "training.json").is_file():
         record = json.loads((folder / "training.json").read_text())
     if is_local_folder(model) and (folder / "evaluation.json").is_file():
         record["evaluation"] = json.loads((folder / "evaluation.json").read_text())  # the latest evaluate
+    if is_local_folder(model) and (folder / "history.json").is_file():
+        record["history"] = json.loads((folder / "history.json").read_text())  # per-epoch losses, for the dashboard
     return record
 
 
@@ -33,6 +35,8 @@ def register(log: EventLog, model: Classifier) -> str:
     params = record.get("params")
     if params is not None:
         params = params | {"labels": record.get("labels"), "split_sizes": record.get("split_sizes")}
+    if record.get("history") is not None:
+        params = (params or {}) | {"history": record["history"]}
     log.register_version(model.version, model.model_id, model.revision, base=record.get("base_name"),
                          data_fingerprint=record.get("data_fingerprint"), params=params,
                          evaluation=record.get("evaluation"))

@@ -15,7 +15,7 @@ from pipelines.log import seed
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 END = datetime(2025, 6, 1)
 # The charts each tab must show: every section of the dashboard, counted.
-CHARTS = {"Overview": 1, "Accuracy": 2, "Classes": 3, "Performance": 2, "Confidence": 2, "Captions": 2,
+CHARTS = {"Overview": 1, "Accuracy": 4, "Models": 4, "Classes": 3, "Performance": 2, "Confidence": 2, "Captions": 2,
           "Objects & custom labels": 5, "Recent": 0}
 OLDER = "google/vit-base-patch16-224@synthetic-older"
 OLDER_CAPTIONER = "Salesforce/blip-image-captioning-base@synthetic-older"

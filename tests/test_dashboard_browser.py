@@ -16,7 +16,7 @@ from devtools.demo_server import streamlit_server
 pytestmark = pytest.mark.browser
 
 END = datetime(2025, 6, 1)
-CHARTS = {"Overview": 1, "Accuracy": 2, "Classes": 3, "Performance": 2, "Confidence": 2, "Captions": 2}
+CHARTS = {"Overview": 1, "Accuracy": 4, "Models": 4, "Classes": 3, "Performance": 2, "Confidence": 2, "Captions": 2}
 VISIBLE = '[data-testid="stTabPanel"]:visible'
 
 

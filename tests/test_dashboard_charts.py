@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from dashboard import charts, stats
+from dashboard import charts, queries, stats
 
 BUCKETS = pd.to_datetime(["2025-05-29", "2025-05-30", "2025-05-31"])
 
@@ -32,9 +32,10 @@ def rates() -> pd.DataFrame:
     df = pd.DataFrame({
         "version": ["vit@old", "vit@old", "vit@3f49326", "vit@3f49326"],
         "bucket": [BUCKETS[0], BUCKETS[1], BUCKETS[1], BUCKETS[2]],
-        "n_verdict": [10, 20, 40, 0], "n_up": [5, 15, 30, 0], "n_correct": [5, 16, 30, 0], "n_corrected": [3, 2, 6, 0],
+        "n_verdict": [10, 20, 40, 0], "n_up": [5, 15, 30, 0], "n_known": [8, 17, 36, 0], "n_top1": [5, 16, 30, 0],
+        "n_top5": [7, 17, 33, 0], "n_corrected": [3, 2, 6, 0],
     })
-    return stats.add_rate(stats.add_rate(df, "up_rate", "n_up", "n_verdict"), "accuracy", "n_correct", "n_verdict")
+    return queries.add_accuracy(df)
 
 
 def test_activity_shows_counts_and_rate_with_band():
@@ -50,7 +51,7 @@ def test_activity_shows_counts_and_rate_with_band():
     assert is_empty_state(charts.activity(trend.iloc[:0]))
 
 
-@pytest.mark.parametrize("metric", ["up_rate", "accuracy"])
+@pytest.mark.parametrize("metric", ["up_rate", "top1", "top5"])
 def test_rate_over_time_has_a_line_band_and_counts_per_version(metric):
     df = rates()
     fig = charts.rate_over_time(df, metric)
@@ -59,10 +60,11 @@ def test_rate_over_time_has_a_line_band_and_counts_per_version(metric):
     assert list(lines[0].y) == pytest.approx(list(df[metric][:2]))
     assert len(lines[1].x) == 1  # a bucket with no verdicts is not drawn as a 0% point
     bars = traces(fig, "bar")
-    assert sorted(int(v) for b in bars for v in b.y) == [10, 20, 40]
+    trials = charts.RATE_COUNTS[metric][1]
+    assert sorted(int(v) for b in bars for v in b.y) == sorted(int(v) for v in df[trials] if v)
     assert sum(t.type == "scatter" and t.fill == "tonexty" for t in fig.data) == 2
     assert charts.RATE_TITLES[metric] in fig.layout.title.text
-    assert is_empty_state(charts.rate_over_time(df.assign(n_verdict=0), metric))
+    assert is_empty_state(charts.rate_over_time(df.assign(**{trials: 0}), metric))
 
 
 def test_top_labels_most_common_on_top():

@@ -177,8 +177,10 @@ def test_overview_cards_show_rates_intervals_and_changes(handmade):
 def test_accuracy_counts_per_version(handmade):
     out = run(handmade, queries.accuracy, WINDOW)["by_version"].set_index("version")
     new = out.loc[stats.version_label(*NEW)]
-    assert (new["n_verdict"], new["n_up"], new["n_correct"], new["n_corrected"]) == (3, 1, 1, 1)
-    assert new["up_rate"] == pytest.approx(1 / 3)
+    # p1 up, p2 down -> pug (not among its labels), p6 down without a label: only p1 and p2 tell the true label
+    assert (new["n_verdict"], new["n_up"], new["n_known"], new["n_top1"], new["n_top5"], new["n_corrected"]) == \
+        (3, 1, 2, 1, 1, 1)
+    assert new["up_rate"] == pytest.approx(1 / 3) and new["top1"] == pytest.approx(1 / 2)  # distinct measures
     assert stats.version_label(*OLD) not in out.index  # the old version has edits but no verdicts
 
 
@@ -276,7 +278,9 @@ def test_pages_agree_with_pandas_reference(seeded, f):
     acc = run(seeded, queries.accuracy, f)["by_version"]
     assert acc["n_verdict"].sum() == ref["verdict"].notna().sum()
     correct = (ref["verdict"] == "up") | (ref["corrected_label"] == ref["top1_label"])
-    assert acc["n_correct"].sum() == correct.sum()
+    assert acc["n_top1"].sum() == correct.sum()
+    known = (ref["verdict"] == "up") | ref["corrected_label"].notna()
+    assert acc["n_known"].sum() == known.sum()
 
     pairs = run(seeded, queries.classes, f)["pairs"]
     down = ref[(ref["verdict"] == "down") & ref["corrected_label"].notna()]
