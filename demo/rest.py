@@ -18,6 +18,7 @@ from pipelines import access, insight
 from pipelines.intake import ImageRejected
 from pipelines.log.eventlog import FeedbackRejected, LogError
 from pipelines.models import ModelLoadError
+from pipelines.promotion import PromotionError
 from pipelines.studio import Caller, RateLimited, RequestRejected, Studio, public
 
 BUSY_RETRY_S = 5  # what a refused caller is told to wait: about one prediction on a small CPU
@@ -41,6 +42,13 @@ class Feedback(BaseModel):
     edited_caption: str | None = Field(None, max_length=2000)
     task: str | None = Field(None, max_length=64)
     box: int | None = Field(None, ge=0, le=10_000)
+
+
+class Promote(BaseModel):
+    """The classifier to serve next: a trained model folder on the server, or a hub id."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=1000)
 
 
 class Purge(BaseModel):
@@ -75,7 +83,7 @@ def _status_of(exc: Exception) -> ApiError:
         return ApiError(413 if "the limit is" in str(exc) and "MB" in str(exc) else 400, str(exc))
     if isinstance(exc, FeedbackRejected):
         return ApiError(404 if "no prediction" in str(exc).lower() else 422, str(exc))
-    if isinstance(exc, RequestRejected):
+    if isinstance(exc, (RequestRejected, PromotionError)):
         return ApiError(422, str(exc))
     if isinstance(exc, ModelLoadError):
         return ApiError(503, str(exc), BUSY_RETRY_S)
@@ -134,7 +142,7 @@ def router(studio: Studio, capacity: Capacity, metrics: Metrics, warm: list[str]
     async def run(fn, *args, **kwargs):
         try:
             return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=capacity.limiter)
-        except (RequestRejected, ImageRejected, FeedbackRejected, ModelLoadError, LogError) as exc:
+        except (RequestRejected, ImageRejected, FeedbackRejected, ModelLoadError, LogError, PromotionError) as exc:
             raise _status_of(exc) from None
 
     @api.post("/v1/predict", tags=["predictions"], openapi_extra=PREDICT_BODY,
@@ -212,6 +220,18 @@ def router(studio: Studio, capacity: Capacity, metrics: Metrics, warm: list[str]
         """Try again to load the models that failed."""
         who, token = admin(request)
         return await anyio.to_thread.run_sync(studio.admin_reload, who, token)
+
+    @api.post("/v1/admin/promote", tags=["admin"], responses=_errors(401, 403, 422, 503))
+    async def admin_promote(body: Promote, request: Request) -> dict[str, Any]:
+        """Serve another classifier from the next request on, without a restart (registered in the log)."""
+        who, token = admin(request)
+        return await run(studio.admin_promote, who, token, body.model)
+
+    @api.post("/v1/admin/rollback", tags=["admin"], responses=_errors(401, 403, 422, 503))
+    async def admin_rollback(request: Request) -> dict[str, Any]:
+        """Serve the classifier that served before the last promotion."""
+        who, token = admin(request)
+        return await run(studio.admin_rollback, who, token)
 
     @api.post("/v1/admin/purge", tags=["admin"], responses=_errors(401, 403, 422, 503))
     async def admin_purge(body: Purge, request: Request) -> dict[str, Any]:

@@ -189,6 +189,27 @@ def test_admin_actions_need_the_password_as_a_bearer_token(server):
     assert http.post("/v1/admin/purge", headers=auth, json={"older_than_days": -1}).status_code == 422
 
 
+def test_promote_and_roll_back_over_rest(server, tmp_path):
+    from devtools.standins import make_tiny_classifier
+
+    _, http = server
+    auth = {"Authorization": f"Bearer {PASSWORD}"}
+    before = _predict(http, tasks="classify").json()["outputs"]["classify"]["model"]
+    assert http.post("/v1/admin/promote", json={"model": str(tmp_path / "x")}).status_code == 401
+    missing = http.post("/v1/admin/promote", headers=auth, json={"model": str(tmp_path / "no-such-model")})
+    assert missing.status_code == 422 and missing.json()["error"].startswith("Not promoted")
+    trained = make_tiny_classifier(tmp_path / "trained", seed=7)
+    promoted = http.post("/v1/admin/promote", headers=auth, json={"model": str(trained)})
+    assert promoted.status_code == 200 and promoted.json()["previous"] == before
+    after = _predict(http, tasks="classify").json()["outputs"]["classify"]["model"]
+    assert after == promoted.json()["serving"] != before  # the next request is answered by the new version
+    back = http.post("/v1/admin/rollback", headers=auth)
+    assert back.status_code == 200 and back.json()["serving"] == before
+    assert _predict(http, tasks="classify").json()["outputs"]["classify"]["model"] == before
+    nothing = http.post("/v1/admin/rollback", headers=auth)
+    assert nothing.status_code == 422 and "Nothing to roll back to" in nothing.json()["error"]
+
+
 # -- metrics ------------------------------------------------------------------------------------------------------
 
 def test_metrics_count_the_requests_sent(server):
