@@ -69,8 +69,13 @@ def build(demo: gr.Blocks, config: settings.Settings, warm: list[str], **page: A
                   middleware=[Middleware(CountRequests, metrics=metrics), gate])
     rest.install(app, studio, capacity, metrics, warm)
     demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
+    # show_error=False as launch() has it (mount_gradio_app defaults to True): an unexpected error's own text, with
+    # its server paths, stays in the server log; a visitor sees the sentences the app raises as gr.Error
     app = gr.mount_gradio_app(app, demo, path="", server_name=config.host, server_port=config.port,
-                              max_file_size=int(config.max_upload_mb * 1_000_000), **page)
+                              max_file_size=int(config.max_upload_mb * 1_000_000), show_error=False, **page)
+    # Gradio checks that a file named in a request was uploaded (not /etc/passwd, not the cwd) only once its Blocks
+    # "has launched", which launch() sets and mount_gradio_app does not: without this, forged paths were read
+    demo.has_launched = True
     app.state.metrics = metrics
     app.state.capacity = capacity
     return app
