@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import logging
 import os
 import signal
 import sys
@@ -19,11 +20,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 if __package__ in (None, ""):  # run as `python demo/app.py`, as a Hugging Face Space does
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipelines import space  # noqa: E402
+
+space.use_persistent_cache(os.environ)  # before anything imports huggingface_hub, which reads HF_HOME once
+
 import gradio as gr  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
-from starlette.middleware import Middleware  # noqa: E402
 
-from demo.gate import Gate  # noqa: E402
+from demo import server  # noqa: E402
 from demo.photo import PhotoInput, in_upload_cache  # noqa: E402
 from pipelines import access, settings, tasks  # noqa: E402
 from pipelines.intake import ImageRejected  # noqa: E402
@@ -32,15 +36,14 @@ from pipelines.models import ModelLoadError  # noqa: E402
 from pipelines.promotion import PromotionError  # noqa: E402
 from pipelines.studio import Caller, RequestRejected, Studio, public  # noqa: E402
 from pipelines.tasks.explain import overlay  # noqa: E402
-from pipelines.uploads import UploadBudget  # noqa: E402
 
+log = logging.getLogger("imagerec.demo")
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.jpg"))
 HISTORY_COLUMNS = ["time (UTC)", "top label", "score", "caption", "feedback", "id"]
 HISTORY_LENGTH = 20
 THEME = gr.themes.Default(primary_hue="orange")
 CSS = """
 #verdict-row button { font-size: 1.4rem; }
-footer { visibility: hidden; }
 """
 USER_ERRORS = (ImageRejected, RequestRejected, ModelLoadError, FeedbackRejected, LogError, access.AccessDenied,
                PromotionError)
@@ -59,10 +62,16 @@ NOT_AN_OBJECT = "(not an object)"
 
 # -- what the page shows ----------------------------------------------------------------------------------------
 
+EPHEMERAL = ("⚠️ The log is on this Space's temporary disk: predictions and feedback are lost at every restart. "
+             "Turn on persistent storage in the Space's settings to keep them (README, *Space settings*).")
+
+
 def status_markdown(studio: Studio) -> str:
     """The log's problems and each model's state, one line each."""
     lines = [f"⚠️ {problem}" for problem in (studio.log.set_aside, studio.log.append_error, studio.log.taken_over)
              if problem]
+    if space.log_is_ephemeral(str(studio.log.path), os.environ):
+        lines.append(EPHEMERAL)
     for role, state in studio.model_status().items():
         if state["error"]:
             lines.append(f"⚠️ **The {role} is not available.** {state['error']}")
@@ -180,7 +189,9 @@ def caller(request: gr.Request | None) -> Caller | None:
     return Caller(request.headers, request.client.host if request.client else None)
 
 
-def user_error(exc: Exception) -> gr.Error:
+def user_error(exc: Exception | str) -> gr.Error:
+    """A visitor's mistake or a refusal: one line in the server's log, the sentence on the page, no traceback."""
+    log.info("refused: %s", exc)
     return gr.Error(str(exc), print_exception=False)
 
 
@@ -202,9 +213,11 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
     def analyze(image: str | None, prompt: str, chosen: list[str], threshold: float, custom: str,
                 history: list[dict], request: gr.Request):
         if not image:
-            raise gr.Error(ADD_A_PHOTO)
+            yield refused(ADD_A_PHOTO)
+            return
         if not chosen:
-            raise gr.Error("Pick at least one thing to find: labels, a caption, …")
+            yield refused("Pick at least one thing to find: labels, a caption, …")
+            return
         session = request.session_hash if request else None
         try:
             for result in studio.predict_steps(image, prompt=prompt, tasks=chosen, origin="demo", session_id=session,
@@ -232,11 +245,18 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                        message: "" if result["logged"] else NOT_LOGGED,
                        model_status: status_markdown(studio)}  # a model first asked for has just loaded
         except USER_ERRORS as exc:
-            raise user_error(exc) from None
+            yield refused(str(exc))
+
+    def refused(sentence: str) -> dict:
+        """A photo or request refused: a warning and the sentence under the outputs, which keep their last answer
+        (an error raised here would mark every output with a red Error badge)."""
+        log.info("refused: %s", sentence)
+        gr.Warning(sentence)
+        return {message: f"⚠️ {sentence}"}
 
     def record(current: dict | None, history: list[dict], note: str, **feedback: Any) -> tuple[list[dict], list, str]:
         if not current:
-            raise gr.Error("Recognize a photo first, then give feedback on it.")
+            raise user_error("Recognize a photo first, then give feedback on it.")
         try:
             saved = studio.feedback(current["id"], **feedback)
         except USER_ERRORS as exc:
@@ -248,9 +268,9 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
     def save_caption(current, caption, history):
         if current and current.get("caption") is None:
-            raise gr.Error("There is no caption to correct: tick Caption and recognize the photo again.")
+            raise user_error("There is no caption to correct: tick Caption and recognize the photo again.")
         if not (caption or "").strip():
-            raise gr.Error("The caption is empty; write something before saving it.")
+            raise user_error("The caption is empty; write something before saving it.")
         return record(current, history, "caption edited", edited_caption=caption.strip())
 
     def thumbs_up(current, history):
@@ -261,7 +281,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
     def save_correction(current, label, history):
         if not label:
-            raise gr.Error("Pick the right label from the list first.")
+            raise user_error("Pick the right label from the list first.")
         return record(current, history, f"👎 should be “{label}”", verdict="down", corrected_label=label)
 
     def rate(task: str, verdict: str):
@@ -273,9 +293,9 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
 
     def mark_box(current, index, label, history):
         if index is None or index == "":
-            raise gr.Error("Pick the box that is wrong first.")
+            raise user_error("Pick the box that is wrong first.")
         if not label:
-            raise gr.Error(f"Say what is in the box, or pick “{NOT_AN_OBJECT}”.")
+            raise user_error(f"Say what is in the box, or pick “{NOT_AN_OBJECT}”.")
         wrong = None if label == NOT_AN_OBJECT else label
         return record(current, history, f"box {int(index) + 1}: " + (f"should be “{wrong}”" if wrong else "not an object"),
                       verdict="down", corrected_label=wrong, task="detect", box=int(index))
@@ -294,13 +314,13 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             raise user_error(exc) from None
         return (None, [], [], None, None, "", gr.Row(visible=False), gr.Group(visible=False), deleted.sentence(),
                 gr.Image(value=None, visible=False), gr.AnnotatedImage(value=None, visible=False),
-                gr.Label(value=None, visible=False), *rating_rows(None), gr.Group(visible=False))
+                gr.Label(value=None, visible=False), gr.Row(visible=False), *rating_rows(None), gr.Group(visible=False))
 
     # -- endpoints for programs (gradio_client) ------------------------------------------------------------------
     def api_predict(image: str | None, prompt: str | None = None, asked: list[str] | None = None,
                     options: dict | None = None, request: gr.Request = None) -> dict:
         if not image:
-            raise gr.Error("Send an image file.")
+            raise user_error("Send an image file.")
         try:
             result = studio.predict(image, prompt=prompt, tasks=asked or None, origin="api", caller=caller(request),
                                     disposable=disposable(image), options=options)
@@ -398,7 +418,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                     threshold = gr.Slider(0.05, 0.95, value=config.detect_threshold, step=0.05,
                                           label="Objects: lowest score shown", elem_id="threshold")
                 run = gr.Button("Recognize", variant="primary", elem_id="recognize")
-                gr.Examples(EXAMPLES, inputs=photo, label="Try an example")
+                examples = gr.Examples(EXAMPLES, inputs=photo, label="Try an example", elem_id="examples")
             with gr.Column(scale=1):
                 labels = gr.Label(num_top_classes=config.top_k, label="What is in it", elem_id="labels")
                 custom_scores = gr.Label(label="Your own labels", visible=False, elem_id="custom-scores")
@@ -412,7 +432,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                     save_box = gr.Button("Mark the box wrong", size="sm", elem_id="mark-box")
                 rate_row("detect")
                 caption = gr.Textbox(label="Caption (edit it if it is wrong)", interactive=True, lines=2,
-                                     elem_id="caption")
+                                     elem_id="caption", buttons=["copy"])
                 save = gr.Button("Save caption", elem_id="save-caption")
                 rate_row("caption")
                 with gr.Row(visible=False, elem_id="verdict-row") as verdict_row:
@@ -430,6 +450,10 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                              elem_id="history", wrap=True)
         with gr.Row():
             forget = gr.Button("Delete my data", variant="stop", size="sm", elem_id="delete-my-data", scale=0)
+            with gr.Row(visible=False, elem_id="confirm-delete-row") as confirm_row:
+                gr.Markdown("Delete this session's predictions, feedback and uploaded copies? This cannot be undone.")
+                confirm = gr.Button("Yes, delete", variant="stop", size="sm", elem_id="confirm-delete", scale=0)
+                cancel = gr.Button("Cancel", size="sm", elem_id="cancel-delete", scale=0)
             gr.Markdown("Photos are not kept: the log holds a fingerprint (sha256) of each photo and the "
                         "answers. *Delete my data* removes this session's predictions, feedback and copies.")
         api_photo = PhotoInput(type="filepath", image_mode=None, visible=False)
@@ -451,6 +475,7 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
                                  which_box, box_label], api_visibility="private")
         run.click(**analysis)
         photo.upload(**analysis)
+        examples.load_input_event.then(**analysis)  # an example runs at once, as an upload does
         feedback = dict(api_visibility="private", concurrency_limit=None)
         save.click(save_caption, [current, caption, history_state], [history_state, table, message], **feedback)
         up.click(thumbs_up, [current, history_state], [history_state, table, message, correction], **feedback)
@@ -462,9 +487,13 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
             thumb_down.click(rate(task, "down"), [current, history_state], [history_state, table, message], **feedback)
         save_box.click(mark_box, [current, which_box, box_label, history_state], [history_state, table, message],
                        **feedback)
-        forget.click(forget_session, [page_key, issued_key], [photo, history_state, table, labels, current, caption,
-                                                              verdict_row, correction, message, heatmap, boxes,
-                                                              custom_scores, *rating, box_feedback], **feedback)
+        # "Delete my data" asks first; only "Yes, delete" deletes
+        forget.click(lambda: gr.Row(visible=True), None, confirm_row, **feedback)
+        cancel.click(lambda: gr.Row(visible=False), None, confirm_row, **feedback)
+        confirm.click(forget_session, [page_key, issued_key], [photo, history_state, table, labels, current, caption,
+                                                               verdict_row, correction, message, heatmap, boxes,
+                                                               custom_scores, confirm_row, *rating, box_feedback],
+                      **feedback)
         gr.Button(visible=False).click(api_predict, [api_photo, api_prompt, api_tasks, api_options], api_out,
                                        api_name="predict")
         gr.api(api_feedback, api_name="feedback", concurrency_limit=None)
@@ -482,26 +511,23 @@ def create_app(config: settings.Settings, studio: Studio | None = None) -> gr.Bl
     return demo
 
 
-def launch(demo: gr.Blocks, config: settings.Settings, **overrides: Any):
-    """Queue and launch with safe defaults: no share link, capped uploads, concurrency fit for the CPU."""
+def launch(demo: gr.Blocks, config: settings.Settings, prevent_thread_lock: bool = False, quiet: bool = False):
+    """Serve the page and the REST face on one port: blocking, or in a thread (prevent_thread_lock); returns
+    (app, url, None) like Gradio's launch."""
     # uvicorn replaces the peer with an X-Forwarded-For entry when the peer is loopback (FORWARDED_ALLOW_IPS):
     # a local process could then pose as any client. The access policy reads forwarded headers itself, as far
     # as forwarded_hops says, so uvicorn must hand over the socket's own peer.
     os.environ["FORWARDED_ALLOW_IPS"] = ""
-    demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
-    gate = Middleware(Gate, max_body=int(config.max_body_kb * 1000),
-                      budget=UploadBudget(int(config.upload_budget_mb * 1_000_000)),
-                      identify=lambda headers, peer: access.client_identity(headers, peer, config),
-                      uploads=getattr(demo, "upload_refs", None),
-                      on_download=getattr(getattr(demo, "exports", None), "downloaded", None))
-    options = dict(server_name=config.host, server_port=config.port, share=False,
-                   max_file_size=int(config.max_upload_mb * 1_000_000), footer_links=["api"],
-                   theme=THEME, css=CSS, ssr_mode=False)
-    options.update(overrides)
-    # the gate sits in front of every route (Gradio's own middleware wraps it), before any body is read
-    app_kwargs = dict(options.pop("app_kwargs", None) or {})
-    app_kwargs["middleware"] = [gate, *app_kwargs.get("middleware", [])]
-    return demo.launch(app_kwargs=app_kwargs, **options)
+    app = server.build(demo, config, page_tasks(config), footer_links=["api"], theme=THEME, css=CSS, ssr_mode=False)
+    service = server.Service(app, config.host, config.port, quiet=quiet)
+    demo.service = service
+    if not quiet:
+        print(f"imagerec on {service.url} (REST: {service.url}docs)", flush=True)
+    if prevent_thread_lock:
+        service.start()
+        return app, service.url, None
+    service.serve()
+    return app, service.url, None
 
 
 def _configure_torch(config: settings.Settings) -> None:
@@ -523,13 +549,13 @@ def main(argv: list[str] | None = None) -> None:
     _configure_torch(config)
     demo = create_app(config)
     atexit.register(demo.studio.close)
-    # SIGTERM (docker stop, systemd, a Space restart) skips atexit; as KeyboardInterrupt it makes Gradio close
-    # the server and return here, so the log is closed and its journal drained before the process ends.
+    # SIGTERM (docker stop, systemd, a Space restart) skips atexit; uvicorn closes the server on it and then
+    # raises it again here, where it becomes KeyboardInterrupt: the log is closed and its journal drained first.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        launch(demo, config)  # returns once Gradio's loop has turned the signal into closing the server
+        launch(demo, config)  # returns once uvicorn has turned the signal into closing the server
     except KeyboardInterrupt:  # the signal came while launch() was still starting up
-        demo.close()
+        pass
     finally:
         demo.studio.close()
 

@@ -12,6 +12,7 @@ from starlette.datastructures import Headers
 from pipelines.uploads import UploadBudget, UploadRefs
 
 Identify = Callable[[Mapping[str, str], "str | None"], "str | None"]
+FORM_OVERHEAD = 64 * 1024  # a multipart form's boundaries, headers and text fields around the photo
 UPLOAD_ANSWER_MAX = 64 * 1024  # an upload's answer is a short JSON list of paths; anything longer is passed on
 
 
@@ -20,7 +21,8 @@ class Gate:
 
     def __init__(self, app: Any, *, max_body: int, budget: UploadBudget, identify: Identify,
                  uploads: UploadRefs | None = None, on_download: Callable[[str], Any] | None = None,
-                 prefix: str = "/gradio_api"):
+                 prefix: str = "/gradio_api", rest_uploads: tuple[str, ...] = (), max_upload: int = 0,
+                 on_refuse: Callable[[str], Any] | None = None):
         self.app = app
         self.max_body = max_body
         self.budget = budget
@@ -29,6 +31,9 @@ class Gate:
         self.on_download = on_download
         self.upload_route = prefix + "/upload"
         self.file_route = prefix + "/file="
+        self.rest_uploads = set(rest_uploads)  # routes taking a photo in their body (REST /v1/predict)
+        self.max_upload = max_upload
+        self.on_refuse = on_refuse  # told each refusal's reason (metrics)
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
         if scope["type"] != "http":
@@ -39,6 +44,8 @@ class Gate:
             path = path[len(root):]
         if path.rstrip("/") == self.upload_route:
             return await self._upload(scope, receive, send)
+        if path.rstrip("/") in self.rest_uploads and scope["method"] == "POST":
+            return await self._rest_upload(scope, receive, send)
         if path.startswith(self.file_route) and scope["method"] == "GET" and self.on_download:
             return await self._download(path[len(self.file_route):], scope, receive, send)
         return await self._capped(scope, receive, send)
@@ -65,18 +72,61 @@ class Gate:
 
         await _guarded(self.app, scope, receive, send, over)
 
+    async def _rest_upload(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """A photo posted to a REST route: capped at the upload limit (plus the form's own bytes) and paid from the
+        client's upload budget like a page upload, each before the body is read where Content-Length says."""
+        client = self.identify(Headers(scope=scope), (scope.get("client") or (None,))[0]) or "unknown"
+        limit = self.max_upload + FORM_OVERHEAD if self.max_upload > 0 else 0
+        length = _content_length(scope)
+        if limit and length is not None and length > limit:
+            return await self._refuse(send, 413, f"The upload is {length / 1e6:,.1f} MB; the limit is "
+                                                 f"{self.max_upload / 1e6:g} MB.", reason="too_large")
+        if length and 0 < self.budget.max_bytes < length:
+            return await self._refuse(send, 413, f"The upload is {length / 1e6:,.1f} MB, more than one client may "
+                                                 f"upload in a minute ({self.budget.max_bytes / 1e6:g} MB).",
+                                      reason="too_large")
+        if length:
+            wait = self.budget.take(client, length)
+            if wait:
+                return await self._refuse(send, 429, self._over_budget(wait), retry_after=wait, reason="over_budget")
+        seen = 0
+
+        def over(message: dict) -> tuple | None:
+            nonlocal seen
+            seen += len(message.get("body", b""))
+            if limit and seen > limit:
+                self._told("too_large")
+                return (413, f"The upload is over the limit of {self.max_upload / 1e6:g} MB.", None)
+            if seen > (length or 0):  # chunked, or more than announced: pay as it comes
+                wait = self.budget.take(client, len(message.get("body", b"")))
+                if wait:
+                    self._told("over_budget")
+                    return (429, self._over_budget(wait), wait)
+            return None
+
+        await _guarded(self.app, scope, receive, send, over)
+
+    def _told(self, reason: str) -> None:
+        if self.on_refuse:
+            self.on_refuse(reason)
+
+    async def _refuse(self, send: Callable, status: int, sentence: str, retry_after: float | None = None,
+                      reason: str = "too_large") -> None:
+        self._told(reason)
+        await _refuse(send, status, sentence, retry_after=retry_after)
+
     async def _upload(self, scope: dict, receive: Callable, send: Callable) -> None:
         """An upload: spend the client's budget (its Content-Length up front, then any bytes beyond it), and
         register the written paths with the upload references before the client learns them."""
         client = self.identify(Headers(scope=scope), (scope.get("client") or (None,))[0]) or "unknown"
         length = _content_length(scope)
         if length and 0 < self.budget.max_bytes < length:
-            return await _refuse(send, 413, f"The upload is {length / 1e6:,.1f} MB, more than one client may upload "
-                                            f"in a minute ({self.budget.max_bytes / 1e6:g} MB).")
+            return await self._refuse(send, 413, f"The upload is {length / 1e6:,.1f} MB, more than one client may "
+                                                 f"upload in a minute ({self.budget.max_bytes / 1e6:g} MB).")
         if length:
             wait = self.budget.take(client, length)
             if wait:
-                return await _refuse(send, 429, self._over_budget(wait), retry_after=wait)
+                return await self._refuse(send, 429, self._over_budget(wait), retry_after=wait, reason="over_budget")
         reserved, seen = length or 0, 0
         finishing = False
         closing = _closing_delimiter(scope)
@@ -90,6 +140,7 @@ class Gate:
                 wait = self.budget.take(client, seen - reserved)
                 reserved = seen
                 if wait:
+                    self._told("over_budget")
                     return (429, self._over_budget(wait), wait)
             tail = (tail + body)[-len(closing) - 4:] if closing else b""
             # Gradio's parser stops at the closing boundary, so the last (empty) message may never be read

@@ -47,6 +47,8 @@ def launched(config: settings.Settings) -> Iterator[tuple[object, str]]:
         _, url, _ = launch(demo, config, prevent_thread_lock=True, quiet=True)
         yield demo, url
     finally:
+        if getattr(demo, "service", None) is not None:
+            demo.service.close()
         demo.close()
         demo.studio.close()
 

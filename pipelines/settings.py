@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from pipelines import space
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = ROOT / "data" / "imagerec.duckdb"
 DEFAULT_IMAGES = ROOT / "data" / "images"
@@ -152,6 +154,12 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         values[s.name] = _convert(s, environ[s.env]) if s.env in environ else s.default
     if "SPACE_ID" in environ and BY_NAME["host"].env not in environ:
         values["host"] = "0.0.0.0"
+    storage = space.persistent_dir(environ)
+    if storage is not None:  # a Space with persistent storage: the log and kept images survive restarts there
+        if BY_NAME["db"].env not in environ:
+            values["db"] = str(storage / "imagerec.duckdb")
+        if BY_NAME["images_dir"].env not in environ:
+            values["images_dir"] = str(storage / "images")
     if "SPACE_ID" in environ and BY_NAME["forwarded_hops"].env not in environ:
         values["forwarded_hops"] = SPACE_PROXY_HOPS  # a Space's proxy appends the client's address: trust one
     return Settings(**values)

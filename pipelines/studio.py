@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 from pipelines import access, tasks
 from pipelines.access import Access
 from pipelines.feedback import judge
-from pipelines.intake import Limits
+from pipelines.intake import ImageRejected, Limits
 from pipelines.log.eventlog import EventLog, FeedbackRejected, utcnow
 from pipelines.log.export import ExportShelf
 from pipelines.log.privacy import Deleted, ImageStore
@@ -35,6 +35,14 @@ PUBLIC_FIELDS = ("id", "labels", "caption", "prompt", "timings_ms", "models", "i
 
 class RequestRejected(ValueError):
     """A request refused before any work, with one sentence saying why."""
+
+
+class RateLimited(RequestRejected):
+    """Too many requests from one client; retry_after says in how many seconds it may try again."""
+
+    def __init__(self, sentence: str, retry_after: float):
+        super().__init__(sentence)
+        self.retry_after = retry_after
 
 
 class Caller(NamedTuple):
@@ -61,6 +69,10 @@ class Studio:
         self.uploads = uploads or UploadRefs()  # who still needs each visitor's uploaded copy
         self.exports: ExportShelf | None = None  # where admin exports are served from, once a face says
         self.after_delete: list[Callable[[], Any]] = []  # run when rows went, e.g. to drop exports holding them
+        # observers (metrics): each finished result, each refused image or request, each feedback's verdict
+        self.on_result: list[Callable[[dict], Any]] = []
+        self.on_rejected: list[Callable[[Exception], Any]] = []
+        self.on_feedback: list[Callable[[str | None], Any]] = []
         self._stop = threading.Event()
         self._warming: set[str] = set()  # the roles whose models load at start; the others load when first asked
         if recognizer.store and log.replayed_images:  # finish image deletions a kill cut short
@@ -117,13 +129,21 @@ class Studio:
     # -- predictions -----------------------------------------------------------------------------------------
     def predict_steps(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
                       origin: str = "api", session_id: str | None = None, caller: Caller | None = None,
-                      disposable: bool = False, options: dict | None = None) -> Iterator[dict]:
+                      disposable: bool = False, options: dict | None = None, admitted: bool = False
+                      ) -> Iterator[dict]:
         """Yield the result after each task ("pending" says what is still to come); the last one once logged.
+
+        admitted: the face already counted this request against the caller's rate limit (Studio.admit), as the
+        REST face does before it reads the body.
 
         disposable: the source is a visitor's uploaded copy, to be removed once no one needs it: with a session it
         is held until the session's data is deleted (or the face's sweep); without one, until this request ends.
         """
-        names = self._check(prompt, tasks, caller)
+        try:
+            names = self._check(prompt, tasks, None if admitted else caller)
+        except RequestRejected as exc:
+            self._notify(self.on_rejected, exc)
+            raise
         holder = f"session:{session_id}" if session_id else f"request:{uuid.uuid4().hex}"
         if disposable:
             self.uploads.acquire(str(source), holder)
@@ -134,20 +154,33 @@ class Studio:
                     continue
                 logged = self.log.log_prediction(prediction_rows(result, source=origin, session_id=session_id))
                 result["logged"] = logged.durable  # False: answered, but held in memory until the journal can take it
+                self._notify(self.on_result, result)
                 yield result
         except BadRequest as exc:  # a task's options it cannot run: said before the photo is read
+            self._notify(self.on_rejected, RequestRejected(str(exc)))
             raise RequestRejected(str(exc)) from None
+        except ImageRejected as exc:
+            self._notify(self.on_rejected, exc)
+            raise
         finally:
             if disposable and not session_id:  # a caller without a session cannot delete it later: it goes now
                 self.uploads.release(str(source), holder)
 
     def predict(self, source: Any, prompt: str | None = None, tasks: Sequence[str] | None = None,
                 origin: str = "api", session_id: str | None = None, caller: Caller | None = None,
-                disposable: bool = False, options: dict | None = None) -> dict:
+                disposable: bool = False, options: dict | None = None, admitted: bool = False) -> dict:
         """The complete result for one image, logged."""
         *_, result = self.predict_steps(source, prompt=prompt, tasks=tasks, origin=origin, session_id=session_id,
-                                        caller=caller, disposable=disposable, options=options)
+                                        caller=caller, disposable=disposable, options=options, admitted=admitted)
         return result
+
+    @staticmethod
+    def _notify(hooks: list[Callable[[Any], Any]], value: Any) -> None:
+        for hook in hooks:
+            try:
+                hook(value)
+            except Exception as exc:  # an observer's failure must never fail a request
+                log.warning("observer failed: %s", exc)
 
     def _check(self, prompt: str | None, names: Sequence[str] | None, caller: Caller | None) -> tuple[str, ...]:
         """The tasks to run, or RequestRejected before any work: a bad argument, or the caller's rate limit."""
@@ -159,11 +192,16 @@ class Studio:
             resolved = tasks.resolve(names)
         except tasks.UnknownTask as exc:
             raise RequestRejected(str(exc)) from None
+        self.admit(caller)
+        return resolved
+
+    def admit(self, caller: Caller | None) -> None:
+        """Count one prediction against the caller's rate limit, or raise RateLimited saying when to come back."""
         wait = self.access.retry_after(self.client(caller))
         if wait:
-            raise RequestRejected(f"Too many requests from your address: the limit is "
-                                  f"{self.access.limiter.per_minute} predictions a minute. Try again in {wait:.0f} s.")
-        return resolved
+            raise RateLimited(f"Too many requests from your address: the limit is "
+                              f"{self.access.limiter.per_minute} predictions a minute. Try again in {wait:.0f} s.",
+                              wait)
 
     def client(self, caller: Caller | None) -> str | None:
         """The caller's address as the access policy resolves it (forwarded headers only from trusted proxies)."""
@@ -179,6 +217,7 @@ class Studio:
                        edited_caption, task, box)
         feedback_id, new = self.log.log_feedback(prediction_id, verdict=verdict, corrected_label=corrected_label,
                                                  edited_caption=edited_caption, task=judged.task, target=judged.target)
+        self._notify(self.on_feedback, verdict)
         saved = {"id": str(feedback_id), "prediction_id": prediction_id, "recorded": True, "duplicate": not new,
                  "logged": feedback_id.durable, "task": judged.task}
         if judged.target is not None:

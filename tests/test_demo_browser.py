@@ -115,7 +115,10 @@ def test_delete_my_data_in_the_browser_leaves_no_row_or_copy(browser, tiny_class
             page.locator("#message").get_by_text("Thanks").wait_for()
             assert any(Path(get_upload_folder()).rglob(photo.name)), "the upload should be cached while in use"
             assert len(_rows(db, "SELECT id FROM predictions", [], 1)) == 1
-            page.locator("#delete-my-data").click()
+            page.locator("#delete-my-data").click()  # asks first: nothing goes until "Yes, delete"
+            page.locator("#confirm-delete").wait_for()
+            assert len(eventlog.query(db, "SELECT id FROM predictions")) == 1
+            page.locator("#confirm-delete").click()
             message = page.locator("#message")
             message.get_by_text("Deleted 1 prediction(s), 1 feedback row(s), 1 kept image(s)").wait_for()
             expect(message).to_contain_text("1 uploaded copy(ies)")
@@ -204,3 +207,28 @@ def test_objects_and_own_labels_in_the_browser(browser, tiny_classifier_dir, tin
     assert feedback.task.tolist() == ["zero_shot", "detect"] and feedback.verdict.tolist() == ["down", "down"]
     assert feedback.corrected_label.isna().all()  # a box that is not an object has no right label
     assert json.loads(feedback.target.iloc[1]) == {"index": 1, **boxes[1]}  # stored with the box as it was shown
+
+
+def test_the_api_link_shows_an_example_runs_on_click_and_a_refused_file_marks_no_output(browser, tiny_classifier_dir,
+                                                                                       tiny_captioner_dir, tmp_path):
+    db = tmp_path / "log.duckdb"
+    with launched(test_settings(tiny_classifier_dir, tiny_captioner_dir, db)) as (demo, url):
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            page.goto(url)
+            expect(page.locator("footer").get_by_text("Use via API")).to_be_visible()
+            page.locator("#examples").locator("img").first.click()  # no Recognize click: an example runs at once
+            page.wait_for_function("el => el.value.length > 0", arg=page.locator("#caption textarea").element_handle(),
+                                   timeout=60_000)
+            expect(page.locator("#verdict-row")).to_be_visible()
+            assert len(_rows(db, "SELECT id FROM predictions WHERE source = 'demo'", [], 1)) == 1
+            expect(page.locator("#caption button[aria-label*='opy'], #caption button[title*='opy']").first).to_be_visible()
+
+            not_a_photo = tmp_path / "notes.png"
+            not_a_photo.write_text("this is not a photo")
+            page.locator("#photo input[type=file]").set_input_files(str(not_a_photo))
+            expect(page.locator("#message")).to_contain_text("not a photo", timeout=30_000)
+            expect(page.locator("#labels").get_by_text("Error")).to_have_count(0)
+            expect(page.locator("#caption").get_by_text("Error")).to_have_count(0)
+        finally:
+            page.close()

@@ -370,6 +370,7 @@ def test_a_visitor_and_an_api_caller_with_the_same_photo(browser, tiny_classifie
                 time.sleep(0.2)
             assert _demo_rows(demo, config.db) == 2, "the visitor's second run on the shared copy failed"
             page.locator("#delete-my-data").click()
+            page.locator("#confirm-delete").click()  # the page asks first
             page.locator("#message").get_by_text("Deleted 2 prediction(s)", exact=False).wait_for(timeout=60_000)
             expect(page.locator("#message")).to_contain_text("1 uploaded copy(ies)")
             assert "could not be found" not in page.content()

@@ -374,3 +374,25 @@ def zero_shot_outputs(ids_from: str) -> str:
             "coalesce(nullif(json_extract_string(o.payload, '$.label_set[*]'), []), "
             "json_extract_string(o.payload, '$.labels[*].label'), []) AS label_set "
             f"FROM outputs o WHERE o.task = 'zero_shot' AND o.prediction_id IN (SELECT id FROM {ids_from})")
+
+
+# -- the service's readers: one prediction by id, usage over a window ------------------------------------------
+
+PREDICTION_BY_ID = ("SELECT id, created_at, image_sha256, width, height, total_ms, cached, source "
+                    "FROM predictions WHERE id = ?")
+OUTPUTS_BY_ID = "SELECT task, model_version, payload, ms FROM outputs WHERE prediction_id = ? ORDER BY task"
+FEEDBACK_BY_ID = latest_feedback(where="prediction_id = ?")
+
+
+def usage_counts() -> str:
+    """Requests since ? with their latest verdicts: counts and total-latency percentiles (p50, p90, p99)."""
+    return ("SELECT count(*) AS predictions, count(fb.verdict) AS rated, "
+            "count(*) FILTER (WHERE fb.verdict = 'up') AS up, count(*) FILTER (WHERE fb.verdict = 'down') AS down, "
+            "count(fb.corrected_label) AS corrected, "
+            "quantile_cont(p.total_ms, [0.5, 0.9, 0.99]) AS total_ms "
+            f"FROM predictions p LEFT JOIN ({latest_feedback(('verdict', 'corrected_label'))}) fb "
+            "ON fb.prediction_id = p.id WHERE p.created_at >= ?")
+
+
+TASK_LATENCY = ("SELECT o.task, count(*) AS runs, quantile_cont(o.ms, [0.5, 0.9, 0.99]) AS ms FROM outputs o "
+                "JOIN predictions p ON p.id = o.prediction_id WHERE p.created_at >= ? GROUP BY o.task ORDER BY o.task")
