@@ -9,6 +9,7 @@ import shutil
 import time
 
 from bench.common import OUT, ROOT
+from dashboard import models as models_tab, queries
 from pipelines.learn import data as datamod
 from pipelines.learn.feedback import export
 from pipelines.learn.fit import FitParams
@@ -78,6 +79,11 @@ def main() -> None:
         results["later_photos"] = len(later)
         results["feedback_accuracy"] = {version: {"verdicts": n, "accuracy": round(acc, 4)} for version, n, acc in rows}
         results["versions"] = {"before": v1, "after": results["promoted"]["serving"]}
+        # what the dashboard's Models tab shows for this log (IMAGEREC_DB=bench/out/feedback_loop/log.duckdb)
+        with eventlog.reader(config.db) as con:
+            totals = models_tab.page(con, queries.Filters())["live_totals"]
+        results["models_tab"] = totals[["version", "n_verdict", "up_rate", "n_known", "top1", "top5"]].round(4) \
+            .to_dict("records")
     finally:
         studio.close()
     print(json.dumps(results, indent=1))
