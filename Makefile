@@ -12,7 +12,7 @@ demo: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: $(VENV)/.runtime
+bench: $(VENV)/.bench
 	$(BIN)/python -m bench $(ARGS)
 
 dashboard: $(VENV)/.runtime
@@ -22,6 +22,10 @@ $(VENV)/.runtime: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
+	$(BIN)/python -m pip install -q -r requirements-bench.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt

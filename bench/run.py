@@ -16,7 +16,10 @@ random weights) into bench/out/, then times on the sample photos:
    clients and 1 again (req/s and p50/p95/p99), and what logging a prediction costs;
 6. each task (classify, caption, explain) through the recognizer, and the default request against the old path
    (bench/tasks.py);
-7. load time and peak resident memory with both models loaded, in a fresh process (`bench.memory`).
+7. load time and peak resident memory with both models loaded, in a fresh process (`bench.memory`);
+8. the compiled encoders against the stock way, today's path, ONNX Runtime and OpenVINO, for classification, the
+   caption encoder, captions and the full request, and the real MobileNetV2's top-1 (bench/compiled.py); the
+   running demo then serves from the packages built here.
 
 It writes bench/results.json and bench/results.md and prints the ratios against the targets.
 """
@@ -35,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import large_photos, tasks
+from bench import compiled, large_photos, tasks
 from bench.common import (OUT, PHOTOS, ROOT, Timer, load_average, machine, md_table, percentile, photos, standins,
                           summary)
 
@@ -273,7 +276,10 @@ def demo_server(vit: Path, blip: Path, tokens: int, precision: str, concurrency:
            "IMAGEREC_PRECISION": precision, "IMAGEREC_CAPTION_MAX_TOKENS": str(tokens),
            "IMAGEREC_CACHE_SIZE": "0",  # every request runs the models, even for a photo seen before
            "IMAGEREC_RATE_LIMIT": "0", "IMAGEREC_CONCURRENCY": str(concurrency), "IMAGEREC_THREADS": str(threads),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+           # the packages the compiled section built (it runs first): loaded, never built while timing
+           "IMAGEREC_COMPILED_DIR": str(OUT / "compiled"),
+           "IMAGEREC_COMPILED": "auto" if list((OUT / "compiled").glob("*/manifest.json")) else "off"}
     logfile = open(workdir / f"demo-{port}.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "demo"], cwd=ROOT, env=env, stdout=logfile,
                                stderr=subprocess.STDOUT)
@@ -542,6 +548,8 @@ def markdown(results: dict) -> str:
         parts += tasks.markdown(results["tasks"])
     if "large_photos" in results:
         parts += large_photos.markdown(results["large_photos"])
+    if "compiled" in results:
+        parts += compiled.markdown(results["compiled"])
     if "precisions" in results:
         p = results["precisions"]
         rows = []
@@ -611,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=None, help="the demo's concurrency (default: setting)")
     parser.add_argument("--threads", type=int, default=None, help="the demo's torch threads (default: setting)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["classification", "captioning", "tasks", "large", "precisions", "demo", "memory"],
+                        choices=["classification", "captioning", "tasks", "large", "precisions", "demo", "memory", "compiled"],
                         help="sections to leave out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where results.json/.md go")
     args = parser.parse_args(argv)
@@ -648,6 +656,9 @@ def main(argv: list[str] | None = None) -> None:
     if "precisions" not in args.skip:
         results["precisions"] = bench_precisions(vit, blip, paths[:args.sweep_photos], args.tokens,
                                                  caption_photos=2)
+    if "compiled" not in args.skip:
+        log("compiled encoders: stock, today's path, the compiled packages, ONNX Runtime and OpenVINO")
+        results["compiled"] = compiled.bench_compiled(vit, blip, paths, args.tokens, args.sweep_photos)
     if "demo" not in args.skip:
         results["logging_ms"] = bench_logging(paths[0])
         results["demo"] = bench_demo(vit, blip, paths, args.tokens, args.precision, concurrency, threads,

@@ -29,7 +29,7 @@ def free_port() -> int:
 def test_settings(classifier: Path, captioner: Path, db: Path, **overrides) -> settings.Settings:
     """Settings for a demo on the tiny models, a temp log and a free port."""
     values = dict(classifier=str(classifier), captioner=str(captioner), db=str(db), port=free_port(),
-                  caption_max_tokens=6, flush_interval=0.1)
+                  caption_max_tokens=6, flush_interval=0.1, compiled="off")
     values.update(overrides)
     return settings.Settings.defaults(**values)
 

@@ -14,6 +14,8 @@ from pipelines import space
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = ROOT / "data" / "imagerec.duckdb"
 DEFAULT_IMAGES = ROOT / "data" / "images"
+DEFAULT_COMPILED = ROOT / "data" / "compiled"
+CALIBRATION_PHOTOS = ROOT / "demo" / "examples"  # the photos a compiled encoder is calibrated and checked on
 SPACE_PROXY_HOPS = 1  # a Hugging Face Space's proxy appends the address it saw to X-Forwarded-For
 
 
@@ -67,6 +69,12 @@ class Settings:
         choices=("auto", "cpu", "cuda"))
     precision: str = setting("auto", "Numeric precision of the models: fp32, bf16, int8, or auto for the fastest "
         "that keeps the fidelity bounds on this machine.", choices=("auto", "fp32", "bf16", "int8"))
+    compiled: str = setting("auto", "Encoders compiled ahead of time (classifier, captioner's image encoder): auto "
+        "serves each from a package built for its model and this CPU, and builds a missing one in the background "
+        "while serving uncompiled, keeping it only where it is faster within the fidelity bounds; off never "
+        "compiles.", choices=("auto", "off"))
+    compiled_dir: str = setting(str(DEFAULT_COMPILED), "Where compiled encoders are kept: one folder per model, "
+        "precision, input shape, torch build and CPU.")
     threads: int = setting(0, "Torch intra-op threads; 0 means one per CPU this process may use (affinity and container quota).")
     caption_max_tokens: int = setting(30, "Most new tokens a caption may have.")
     detector: str = setting("ustc-community/dfine-small-coco",
@@ -160,6 +168,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
             values["db"] = str(storage / "imagerec.duckdb")
         if BY_NAME["images_dir"].env not in environ:
             values["images_dir"] = str(storage / "images")
+        if BY_NAME["compiled_dir"].env not in environ:
+            values["compiled_dir"] = str(storage / "compiled")
     if "SPACE_ID" in environ and BY_NAME["forwarded_hops"].env not in environ:
         values["forwarded_hops"] = SPACE_PROXY_HOPS  # a Space's proxy appends the client's address: trust one
     return Settings(**values)

@@ -19,7 +19,7 @@ from pipelines.log.eventlog import EventLog, FeedbackRejected, utcnow
 from pipelines.log.export import ExportShelf
 from pipelines.log.privacy import Deleted, ImageStore
 from pipelines.log.rows import prediction_rows
-from pipelines.models import ModelLoadError
+from pipelines.models import ModelLoadError, compiled
 from pipelines.promotion import Promoter
 from pipelines.recognizer import Recognizer
 from pipelines.tasks import BadRequest
@@ -61,12 +61,14 @@ class Studio:
     """Predictions that are logged before they are answered, feedback on them, deletion and administration."""
 
     def __init__(self, recognizer: Recognizer, log: EventLog, access: Access | None = None,
-                 retention_days: float = 0.0, uploads: UploadRefs | None = None):
+                 retention_days: float = 0.0, uploads: UploadRefs | None = None,
+                 compile_plan: compiled.Plan | None = None):
         self.recognizer = recognizer
         self.log = log
         self.access = access or Access()
         self.retention_days = retention_days
         self.uploads = uploads or UploadRefs()  # who still needs each visitor's uploaded copy
+        self.compile_plan = compile_plan  # where warmed models' encoders are compiled to; None: never
         self.exports: ExportShelf | None = None  # where admin exports are served from, once a face says
         self.after_delete: list[Callable[[], Any]] = []  # run when rows went, e.g. to drop exports holding them
         # observers (metrics): each finished result, each refused image or request, each feedback's verdict
@@ -88,7 +90,8 @@ class Studio:
         store = ImageStore(config.images_dir) if config.keep_images else None
         recognizer = Recognizer(tasks.build(config), limits, cache_size=config.cache_size, store=store)
         log = EventLog(config.db, flush_interval=config.flush_interval, fsync=config.fsync).open()
-        return cls(recognizer, log, Access.from_settings(config), config.retention_days)
+        plan = compiled.Plan.from_settings(config)
+        return cls(recognizer, log, Access.from_settings(config), config.retention_days, compile_plan=plan)
 
     # -- models ----------------------------------------------------------------------------------------------
     def warm_up(self, task_names: Sequence[str] | None = None, background: bool = True) -> threading.Thread | None:
@@ -107,6 +110,8 @@ class Studio:
                     model.load()
                 except Exception:
                     pass  # kept in model.error and shown on the page
+            if self.compile_plan is not None:  # after every load: visitors are served meanwhile, uncompiled
+                self.compile_plan.apply([m for m in models if m.loaded])
         if not background:
             load()
             return None
@@ -115,9 +120,10 @@ class Studio:
         return thread
 
     def model_status(self) -> dict[str, dict[str, Any]]:
-        """For each model: its id, whether it is loaded or being loaded now, and the load error if any."""
+        """For each model: its id, whether it is loaded or being loaded now, the load error if any, and the compiled
+        variant its encoder serves from (None: uncompiled)."""
         return {role: {"id": model.model_id, "loaded": model.loaded, "error": model.error,
-                       "warming": role in self._warming}
+                       "warming": role in self._warming, "compiled": getattr(model, "compiled_variant", None)}
                 for role, model in self.recognizer.model_roles.items()}
 
     def labels(self, task: str = "classify") -> list[str]:

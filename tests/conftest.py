@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import weakref
 from pathlib import Path
 
 import pytest
+
+# Every demo a test starts (in process or as a child) would otherwise compile its encoders in the background for
+# minutes of CPU; tests/test_compiled.py turns it on where compiling is what is tested.
+os.environ.setdefault("IMAGEREC_COMPILED", "off")
 
 
 @pytest.fixture(scope="session")

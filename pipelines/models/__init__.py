@@ -309,6 +309,12 @@ class LazyModel:
         """The share of the model's multiply-adds in linear layers (prec.linear_share), or None if not known."""
         return None
 
+    def _fresh_fp32(self, cls) -> torch.nn.Module:
+        """Another copy of the weights in fp32, apart from the one serving (a compiled build traces it)."""
+        source, pretrained_kwargs, _ = self._locate()
+        with BUILD_LOCK:
+            return cls.from_pretrained(source, **pretrained_kwargs).eval()
+
     def _locate(self, retry: bool = False) -> tuple[str, dict, str]:
         """The path or id to load, the from_pretrained kwargs, and the revision to record."""
         model = self._model_id
