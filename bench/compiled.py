@@ -17,7 +17,6 @@ import argparse
 import csv
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -125,7 +124,7 @@ def bench_compiled(vit: Path, blip: Path, paths: list[Path], tokens: int, captio
     from transformers import AutoModelForImageClassification, BlipForConditionalGeneration
 
     from pipelines.intake import load_image
-    from pipelines.models import compiled, precision as prec
+    from pipelines.models import precision as prec
     from pipelines.settings import CALIBRATION_PHOTOS
     from pipelines.tasks.caption import Captioner, _VisionEncoder
     from pipelines.tasks.classify import Classifier, _Logits
@@ -136,15 +135,8 @@ def bench_compiled(vit: Path, blip: Path, paths: list[Path], tokens: int, captio
 
     # -- classification -----------------------------------------------------------------------------------------
     today = Classifier(vit, device="cpu", precision="auto").load()
-    new = Classifier(vit, device="cpu", precision="auto").load()
-    started = time.perf_counter()
-    manifest = compiled.Plan(folder, calibration).apply([new])["classifier"]
-    result["starts"]["classifier"] = {"first_s": round(time.perf_counter() - started, 1),
-                                      "variant": manifest.get("variant"), "figures": manifest.get("figures")}
-    later = Classifier(vit, device="cpu", precision="auto").load()
-    started = time.perf_counter()
-    compiled.Plan(folder, calibration).apply([later], build_missing=False)
-    result["starts"]["classifier"]["later_s"] = round(time.perf_counter() - started, 2)
+    new, result["starts"]["classifier"] = _starts(lambda: Classifier(vit, device="cpu", precision="auto"), folder,
+                                                  calibration)
     stock = AutoModelForImageClassification.from_pretrained(vit).eval()
     inputs = [today.preprocess(im)["pixel_values"] for im in images]
     with torch.inference_mode():
@@ -160,16 +152,9 @@ def bench_compiled(vit: Path, blip: Path, paths: list[Path], tokens: int, captio
 
     # -- BLIP's image encoder --------------------------------------------------------------------------------------
     cap_today = Captioner(blip, device="cpu", precision="auto", max_new_tokens=tokens, min_new_tokens=tokens).load()
-    cap_new = Captioner(blip, device="cpu", precision="auto", max_new_tokens=tokens, min_new_tokens=tokens).load()
-    started = time.perf_counter()
-    manifest = compiled.Plan(folder, calibration).apply([cap_new])["captioner"]
-    result["starts"]["captioner"] = {"first_s": round(time.perf_counter() - started, 1),
-                                     "variant": manifest.get("variant"), "figures": manifest.get("figures")}
-    cap_later = Captioner(blip, device="cpu", precision="auto").load()
-    started = time.perf_counter()
-    compiled.Plan(folder, calibration).apply([cap_later], build_missing=False)
-    result["starts"]["captioner"]["later_s"] = round(time.perf_counter() - started, 2)
-    del cap_later
+    cap_new, result["starts"]["captioner"] = _starts(
+        lambda: Captioner(blip, device="cpu", precision="auto", max_new_tokens=tokens, min_new_tokens=tokens),
+        folder, calibration)
     blip_stock = BlipForConditionalGeneration.from_pretrained(blip).eval()
     pixels = [cap_today.preprocess(im)["pixel_values"] for im in images[:caption_photos]]
     with torch.inference_mode():
@@ -213,13 +198,29 @@ def bench_compiled(vit: Path, blip: Path, paths: list[Path], tokens: int, captio
     for name in ("captions", "full_request"):
         for k, row in result[name].items():
             log(f"  {name:18s} {k:26s} {row['ms']:8.1f} ms  x{row['vs_stock']:.2f} stock  x{row['vs_today']:.2f} today")
-    del blip_stock, stock_classify, cap_today, cap_new, stock, today, new, later
+    del blip_stock, stock_classify, cap_today, cap_new, stock, today, new
     gc.collect()
 
     # -- the real MobileNetV2 on the 63 photos -----------------------------------------------------------------------
     if (MOBILENET / "config.json").is_file():
         result["mobilenet_v2"] = bench_mobilenet(paths, folder)
     return result
+
+
+def _starts(make: Callable, folder: Path, calibration: list[Path]) -> tuple[object, dict]:
+    """A model served compiled, and its starts: the first (build, or load when built before) and a later one."""
+    from pipelines.models import compiled
+
+    model = make().load()
+    started = time.perf_counter()
+    manifest = compiled.Plan(folder, calibration).apply([model])[model.role]
+    record = {"first_s": round(time.perf_counter() - started, 1), "variant": manifest.get("variant"),
+              "figures": manifest.get("figures")}
+    later = make().load()
+    started = time.perf_counter()
+    compiled.Plan(folder, calibration).apply([later], build_missing=False)
+    record["later_s"] = round(time.perf_counter() - started, 2)
+    return model, record
 
 
 def _request(image, classifier, captioner) -> tuple:
