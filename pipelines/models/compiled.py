@@ -163,7 +163,8 @@ def load(folder: Path, key: dict) -> Encoder | None:
 
 
 class Compilable:
-    """What a model adds to run its heavy encoder from a compiled package: its hooks below, then _encode."""
+    """What a model adds to run its heavy encoder from a compiled package: _encoder_module and _uncompiled, then
+    _encode where it ran the encoder."""
 
     _compiled: Encoder | None = None
     _compiled_shape: tuple[int, ...] | None = None
@@ -173,13 +174,15 @@ class Compilable:
         """A fresh fp32 copy of the encoder (pixel values in): the build traces it while the loaded one serves."""
         raise NotImplementedError
 
-    def _encoder_current(self) -> Encoder:
-        """The encoder as it serves today (pixel values in), the one a package must beat."""
+    def _uncompiled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The encoder as it serves today, the one a package must beat."""
         raise NotImplementedError
 
     def _encoder_inputs(self, photos: Sequence[Path]) -> list[torch.Tensor]:
-        """The photos as the encoder takes them, one at a time."""
-        raise NotImplementedError
+        """The photos as the encoder takes them, one at a time (the model's own preprocess)."""
+        from PIL import Image
+
+        return [self.preprocess(Image.open(photo).convert("RGB"))["pixel_values"] for photo in photos]
 
     def compile_encoder(self, root: str | os.PathLike, photos: Sequence[Path], build_missing: bool = True) -> dict:
         """Serve the encoder from the package built for this model and machine; build it first when missing.
@@ -198,20 +201,20 @@ class Compilable:
             if not build_missing:
                 return {"skipped": f"no package built yet in {folder}"}
             log.info("Compiling the %s's encoder into %s (it serves uncompiled meanwhile).", self.role, folder)
-            manifest = build(self._encoder_module(), self._encoder_current(), inputs, folder, key)
+            manifest = build(self._encoder_module(), self._uncompiled, inputs, folder, key)
         encoder = load(folder, key)
         if encoder is not None:
             self._compiled_shape, self._compiled = tuple(inputs[0].shape), encoder
             self.compiled_variant = manifest["variant"]
         return manifest
 
-    def _encode(self, pixel_values: torch.Tensor, uncompiled: Encoder) -> torch.Tensor:
+    def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The encoder's output: from the package for the shape it was built for, else as today."""
         compiled = self._compiled
         if compiled is not None and tuple(pixel_values.shape) == self._compiled_shape \
                 and pixel_values.dtype == torch.float32:
             return compiled(pixel_values)
-        return uncompiled(pixel_values)
+        return self._uncompiled(pixel_values)
 
 
 class Plan:

@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from pipelines.models import LazyModel, defaults, precision as prec, version_of
-from pipelines.models.compiled import Compilable, Encoder
+from pipelines.models.compiled import Compilable
 from pipelines.tasks import blip_decoding
 from pipelines.tasks.base import Request, Task
 
@@ -101,7 +101,7 @@ class Captioner(Compilable, LazyModel):
         """The token ids of the caption (the decoder's start, then the new tokens), greedy."""
         with torch.inference_mode():
             if self.lean_decoding and inputs["pixel_values"].shape[0] == 1:
-                embeds = self._encode(inputs["pixel_values"], self._uncompiled)
+                embeds = self._encode(inputs["pixel_values"])
                 ids = self._decoder.prompt_ids(inputs.get("input_ids"), embeds.device)
                 return self._decoder.generate(embeds, ids, max_new_tokens, min_new_tokens)
             # BLIP's generate swaps the prompt's [CLS] for its decoder bos and drops the trailing [SEP]
@@ -114,7 +114,7 @@ class Captioner(Compilable, LazyModel):
         if not self.lean_decoding:  # (loads the model)
             return prec.teacher_forced_logits(self.model, pixel_values, token_ids)
         with torch.inference_mode():
-            embeds = self._encode(pixel_values.to(self._device, self._input_dtype), self._uncompiled)
+            embeds = self._encode(pixel_values.to(self._device, self._input_dtype))
             return self._decoder.teacher_forced_logits(embeds, token_ids.to(self._device))
 
     def _uncompiled(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -122,12 +122,6 @@ class Captioner(Compilable, LazyModel):
 
     def _encoder_module(self) -> torch.nn.Module:
         return _VisionEncoder(self._fresh_fp32(BlipForConditionalGeneration))
-
-    def _encoder_current(self) -> Encoder:
-        return self._uncompiled
-
-    def _encoder_inputs(self, photos) -> list[torch.Tensor]:
-        return [self.preprocess(Image.open(photo).convert("RGB"))["pixel_values"] for photo in photos]
 
     def postprocess(self, token_ids: torch.Tensor) -> str:
         with self._tokenizer_lock:

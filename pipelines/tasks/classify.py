@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from pipelines.models import LazyModel, defaults, precision as prec, version_of
-from pipelines.models.compiled import Compilable, Encoder
+from pipelines.models.compiled import Compilable
 from pipelines.tasks.base import Request, Task
 
 
@@ -117,19 +117,13 @@ class Classifier(Compilable, LazyModel):
     def _forward(self, inputs: dict[str, torch.Tensor], rows: int | slice = 0) -> torch.Tensor:
         # inference_mode is per thread and the model is only read, so concurrent calls are safe
         with torch.inference_mode():
-            return self._encode(inputs["pixel_values"], self._uncompiled)[rows].float().cpu()
+            return self._encode(inputs["pixel_values"])[rows].float().cpu()
 
     def _uncompiled(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).logits
 
     def _encoder_module(self) -> torch.nn.Module:
         return _Logits(self._fresh_fp32(AutoModelForImageClassification))
-
-    def _encoder_current(self) -> Encoder:
-        return self._uncompiled
-
-    def _encoder_inputs(self, photos) -> list[torch.Tensor]:
-        return [self.preprocess(Image.open(photo).convert("RGB"))["pixel_values"] for photo in photos]
 
     def postprocess(self, logits: torch.Tensor, top_k: int) -> list[dict]:
         scores = torch.sigmoid(logits) if self._multi_label else torch.softmax(logits, dim=-1)
