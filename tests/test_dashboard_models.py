@@ -167,13 +167,18 @@ def test_registration_stores_the_training_history(tmp_path):
     assert params["mode"] == "probe" and params["history"] == HISTORY
 
 
-def test_models_tab_shows_both_versions_and_says_which_has_no_evaluation(log, monkeypatch):
+def _models_tab(log: str, monkeypatch) -> AppTest:
+    """The dashboard over log, run once on its Models tab over all time."""
     monkeypatch.setenv("IMAGEREC_DB", log)
     monkeypatch.delenv("IMAGEREC_DASHBOARD_PASSWORD", raising=False)
     at = AppTest.from_file(APP, default_timeout=60)
     at.session_state["period"] = "All time"
     at.session_state["tab"] = "Models"
-    at.run()
+    return at.run()
+
+
+def test_models_tab_shows_both_versions_and_says_which_has_no_evaluation(log, monkeypatch):
+    at = _models_tab(log, monkeypatch)
     assert not at.exception, [e.value for e in at.exception]
     assert [c.value for c in at.caption if "no offline evaluation" in c.value] == [
         NO_EVALUATION.format(name="vit-base-patch16-224@older")]
@@ -185,12 +190,7 @@ def test_models_tab_shows_both_versions_and_says_which_has_no_evaluation(log, mo
 
 
 def test_picking_versions_to_compare_changes_the_panels(log, monkeypatch):
-    monkeypatch.setenv("IMAGEREC_DB", log)
-    monkeypatch.delenv("IMAGEREC_DASHBOARD_PASSWORD", raising=False)
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.session_state["period"] = "All time"
-    at.session_state["tab"] = "Models"
-    at.run()
+    at = _models_tab(log, monkeypatch)
     at.multiselect(key="compare_versions").set_value([NEW_V]).run()
     assert not at.exception, [e.value for e in at.exception]
     assert not [c for c in at.caption if "no offline evaluation" in c.value]
