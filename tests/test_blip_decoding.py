@@ -106,3 +106,41 @@ def test_only_blip_captioners_are_supported(tiny_classifier_dir, tiny_captioner_
     assert blip_decoding.supports(model)
     del model.text_decoder.bert.encoder.layer[0].crossattention.self.key
     assert not blip_decoding.supports(model)
+
+
+def test_joined_products_give_what_one_product_each_gives(captioner):
+    decoder = captioner._decoder
+    assert all(fused is not None for fused in decoder.fused_qkv) and decoder.fused_cross is not None
+    apart = blip_decoding.BlipGreedyDecoder(captioner.model)
+    apart.fused_qkv, apart.fused_cross = [None] * len(apart.layers), None
+    inputs = captioner.preprocess(_images(1)[0], "a photo of")
+    tokens = _stock(captioner, inputs).unsqueeze(0)
+    with torch.inference_mode():
+        embeds = captioner.model.vision_model(pixel_values=inputs["pixel_values"].to(captioner._input_dtype))[0]
+        joined, separate = decoder.teacher_forced_logits(embeds, tokens), apart.teacher_forced_logits(embeds, tokens)
+    if captioner.precision == prec.INT8:  # same int8 weights, same scales, same input scale: the same numbers
+        assert torch.equal(joined, separate)
+    else:
+        assert (joined - separate).abs().max() <= {prec.FP32: 1e-4, prec.BF16: 0.1}[captioner.precision]
+
+
+def test_joining_layers_keeps_one_copy_and_refuses_what_it_cannot_join():
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(8, n) for n in (8, 8, 4)]
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        before = torch.cat([part(x) for part in parts], dim=-1)
+        fused = prec.concatenated(parts)
+        assert torch.allclose(fused(x), before, atol=1e-6)
+        assert torch.allclose(torch.cat([part(x) for part in parts], dim=-1), before, atol=1e-6)
+    start = fused.weight.data_ptr()
+    ends = start + fused.weight.numel() * fused.weight.element_size()
+    assert all(start <= part.weight.data_ptr() < ends for part in parts)  # views of the joined weight, not copies
+    int8 = [prec.Int8Linear.from_linear(torch.nn.Linear(8, 8)) for _ in range(3)]
+    with torch.no_grad():
+        assert torch.equal(prec.concatenated(int8)(x), torch.cat([part(x) for part in int8], dim=-1))
+    assert prec.concatenated([torch.nn.Linear(8, 8), int8[0]]) is None
+    assert prec.concatenated([torch.nn.Linear(8, 8), torch.nn.Linear(4, 8)]) is None
+    assert prec.concatenated([torch.nn.Linear(8, 8), torch.nn.Linear(8, 8, bias=False)]) is None
+    assert prec.concatenated([int8[0], prec.Int8Linear.from_linear(torch.nn.Linear(8, 8, bias=False))]) is None
+    assert prec.concatenated([torch.nn.Conv1d(8, 8, 1)]) is None

@@ -4,7 +4,8 @@ transformers' ``generate`` spends more time per token on its own machinery (cach
 processors, output classes) than a BLIP text decoder spends on its matrix products once they are int8: about 30 ms a
 token here against about 10 of arithmetic. This loop calls the same modules (so every precision mode applies),
 keeps the self-attention keys and values in one preallocated cache, computes the image's cross-attention keys and
-values once per caption, and runs only the last position through the language-model head.
+values once per caption (every layer's in one product), takes each layer's query, key and value from one product, and
+runs only the last position through the language-model head.
 
 It covers plain greedy decoding of one image, which is all the captioner asks for; ``supports`` and
 ``plain_greedy`` say when it applies, and the captioner falls back to ``generate`` otherwise.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipelines.models import precision as prec
 
 # generation settings that change what greedy decoding picks; the loop implements none of them
 _CHANGES_GREEDY = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
@@ -95,6 +98,11 @@ class BlipGreedyDecoder:
                                                        embeddings.LayerNorm)
         self.layers = [(_Attention(layer.attention), _Attention(layer.crossattention), layer.intermediate,
                         layer.output) for layer in decoder.bert.encoder.layer]
+        # each layer's self-attention query, key and value in one product, and every layer's cross-attention keys
+        # and values over the image in one; None where the layers cannot be joined (then one product each)
+        self.fused_qkv = [prec.concatenated([own.query, own.key, own.value]) for own, _, _, _ in self.layers]
+        self.fused_cross = prec.concatenated([linear for _, cross, _, _ in self.layers
+                                              for linear in (cross.key, cross.value)])
         head = decoder.cls.predictions
         self.head_dense, self.head_act, self.head_norm = (head.transform.dense, head.transform.transform_act_fn,
                                                           head.transform.LayerNorm)
@@ -113,8 +121,20 @@ class BlipGreedyDecoder:
 
     def _cross(self, image_embeds: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's cross-attention keys and values over the image, [1, heads, patches, dim], computed once."""
-        return [(cross.split(cross.key(image_embeds)).contiguous(), cross.split(cross.value(image_embeds)).contiguous())
-                for _, cross, _, _ in self.layers]
+        crosses = [cross for _, cross, _, _ in self.layers]
+        if self.fused_cross is None:
+            pairs = [(cross.key(image_embeds), cross.value(image_embeds)) for cross in crosses]
+        else:
+            joined = self.fused_cross(image_embeds).split([c.heads * c.head_dim for c in crosses for _ in "kv"], -1)
+            pairs = list(zip(joined[0::2], joined[1::2]))
+        return [(cross.split(k).contiguous(), cross.split(v).contiguous()) for cross, (k, v) in zip(crosses, pairs)]
+
+    @staticmethod
+    def _qkv(own: _Attention, fused: nn.Module | None, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Self-attention query, key and value of hidden, each [1, heads, n, dim]."""
+        if fused is None:
+            return own.split(own.query(hidden)), own.split(own.key(hidden)), own.split(own.value(hidden))
+        return tuple(own.split(part) for part in fused(hidden).chunk(3, dim=-1))
 
     def _run(self, ids: torch.Tensor, start: int, cache: list[tuple[torch.Tensor, torch.Tensor]],
              cross: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -126,11 +146,10 @@ class BlipGreedyDecoder:
         causal = n > 1
         if causal and start != 0:
             raise ValueError("several tokens at once only from the start")
-        for (own, crossed, intermediate, output), (keys, values), (cross_k, cross_v) in zip(self.layers, cache, cross):
-            keys[:, :, start:end] = own.split(own.key(hidden))
-            values[:, :, start:end] = own.split(own.value(hidden))
-            context = F.scaled_dot_product_attention(own.split(own.query(hidden)), keys[:, :, :end],
-                                                     values[:, :, :end], is_causal=causal)
+        for (own, crossed, intermediate, output), fused, (keys, values), (cross_k, cross_v) in zip(
+                self.layers, self.fused_qkv, cache, cross):
+            query, keys[:, :, start:end], values[:, :, start:end] = self._qkv(own, fused, hidden)
+            context = F.scaled_dot_product_attention(query, keys[:, :, :end], values[:, :, :end], is_causal=causal)
             hidden = own.out(context, hidden)
             context = F.scaled_dot_product_attention(crossed.split(crossed.query(hidden)), cross_k, cross_v)
             hidden = crossed.out(context, hidden)
