@@ -217,3 +217,22 @@ def test_threads_fit_the_cpus_this_process_may_use(monkeypatch):
         assert prec.configure_threads(3) == 3 and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_int8_linear_takes_any_leading_dimensions_and_strides():
+    torch.manual_seed(0)
+    layer = prec.Int8Linear.from_linear(torch.nn.Linear(16, 4))
+    rows = torch.randn(24, 16)
+    flat = layer(rows)
+    assert flat.shape == (24, 4)
+    for shaped in (rows.view(2, 3, 4, 16), rows.view(24, 1, 16)):  # the same rows, as leading dimensions
+        assert torch.equal(layer(shaped), flat.view(*shaped.shape[:-1], 4))
+    strided = rows.view(4, 6, 16).transpose(0, 1)  # not contiguous
+    assert torch.equal(layer(strided), layer(strided.contiguous()))
+    assert torch.equal(layer(rows[0]), layer(rows[:1])[0])  # one vector in, one vector out
+    assert torch.allclose(flat, torch.nn.functional.linear(rows, *_float_weights(layer)), atol=0.05)
+
+
+def _float_weights(layer: prec.Int8Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    weight, bias = torch.ops.quantized.linear_unpack(layer._packed)
+    return weight.dequantize(), bias

@@ -235,10 +235,10 @@ class Int8Linear(nn.Module):
         return fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        out = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).to(torch.float32), self._packed,
-                                                 self._reduce_range)
-        return out.reshape(*shape[:-1], self.out_features)
+        x = x.to(torch.float32)
+        if x.dim() >= 2:  # the kernel takes any leading dimensions itself: no reshapes on the one-token decoder path
+            return torch.ops.quantized.linear_dynamic(x, self._packed, self._reduce_range)
+        return torch.ops.quantized.linear_dynamic(x[None], self._packed, self._reduce_range)[0]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 dynamic"
