@@ -46,7 +46,7 @@ class _ImageGraph(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embeds = self.vision_model(pixel_values=pixel_values)[0]
-        split = lambda s, x: x.view(1, x.shape[1], s.num_attention_heads, s.attention_head_size).transpose(1, 2)  # noqa: E731
+        split = lambda s, x: x.view(1, x.shape[1], s.num_attention_heads, -1).transpose(1, 2)  # noqa: E731
         return (torch.stack([split(s, s.key(embeds)) for s in self.cross]),
                 torch.stack([split(s, s.value(embeds)) for s in self.cross]))
 
@@ -105,21 +105,19 @@ def export(model: nn.Module, pixel_values: torch.Tensor, length: int, folder: Pa
     cache = torch.zeros(len(layers), 1, s.num_attention_heads, length, s.attention_head_size)
     with torch.no_grad():  # not inference_mode: torch.export refuses inference tensors as inputs
         cross = _ImageGraph(model)(pixel_values)
-    if not paths["image fp32"].exists():
-        torch.onnx.export(_ImageGraph(model), (pixel_values,), str(paths["image fp32"]), dynamo=True,
-                          external_data=False, input_names=["pixel_values"], output_names=["cross_keys", "cross_values"])
-    if not paths["step fp32"].exists():
-        torch.onnx.export(_StepGraph(model), (torch.tensor([[0]]), torch.tensor([0]), cache, cache.clone(), *cross),
-                          str(paths["step fp32"]), dynamo=True, external_data=False,
-                          input_names=["token", "position", "past_keys", "past_values", "cross_keys", "cross_values"],
-                          output_names=["logits", "new_keys", "new_values"])
+    # exported afresh every run (as the encoders' competitors are), so no file outlives the weights it came from
+    torch.onnx.export(_ImageGraph(model).eval(), (pixel_values,), str(paths["image fp32"]), dynamo=True,
+                      external_data=False, input_names=["pixel_values"], output_names=["cross_keys", "cross_values"])
+    torch.onnx.export(_StepGraph(model).eval(), (torch.tensor([[0]]), torch.tensor([0]), cache, cache.clone(), *cross),
+                      str(paths["step fp32"]), dynamo=True, external_data=False,
+                      input_names=["token", "position", "past_keys", "past_values", "cross_keys", "cross_values"],
+                      output_names=["logits", "new_keys", "new_values"])
     for graph in ("image", "step"):
         source = paths[f"{graph} fp32"]
         for weights, suffix in ((QuantType.QInt8, "s8"), (QuantType.QUInt8, "u8")):
             target = source.with_name(f"{source.stem}-int8-{suffix}.onnx")
-            if not target.exists():
-                # per channel: one scale per output column keeps the LM head's 30k columns apart
-                quantize_dynamic(str(source), str(target), weight_type=weights, per_channel=True)
+            # per channel: one scale per output column keeps the LM head's 30k columns apart
+            quantize_dynamic(str(source), str(target), weight_type=weights, per_channel=True)
             paths[f"{graph} int8 {suffix}"] = target
     return paths
 
