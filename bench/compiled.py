@@ -324,7 +324,8 @@ def markdown(result: dict) -> list[str]:
     lines += ["", "**Full request (intake, labels, caption)**", "", "| path | ms | x stock | x today |",
               "|---|---:|---:|---:|"]
     lines += [f"| {k} | {r['ms']} | {r['vs_stock']} | {r['vs_today']} |" for k, r in result["full_request"].items()]
-    lines.append("")
+    lines += ["", "\"compiled\" serves each model from the package its first start kept (Starts, below); a model with none "
+              "kept is served by today's path in that row too.", ""]
     lines += ["**Starts**", "", "| model | variant kept | first start (build) s | later start (load) s |",
               "|---|---|---:|---:|"]
     lines += [f"| {k} | {v['variant'] or 'none (uncompiled stays)'} | {v['first_s']} | {v['later_s']} |"
